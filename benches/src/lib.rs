@@ -1,0 +1,1 @@
+//! Shoal benchmarks live in benches/benches.
