@@ -1,0 +1,115 @@
+//! Command-line surface. Every flag is also an environment variable `SHOAL_<FLAG>`, the way a
+//! DaemonSet configures a container.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use shoal_oci::Allowlist;
+
+use crate::commands;
+
+/// Peer-to-peer image-layer distribution for Kubernetes nodes.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info,shoal_p2p=debug`.
+    #[arg(long, global = true, env = "SHOAL_LOG", default_value = "info")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print what this node's containerd holds and would advertise, per image.
+    Content(commands::content::Args),
+}
+
+/// Where containerd is and which namespace holds the images.
+#[derive(Debug, Clone, Args)]
+pub struct ContainerdArgs {
+    /// containerd's gRPC socket.
+    #[arg(
+        long,
+        env = "SHOAL_CONTAINERD_SOCKET",
+        default_value = "/run/containerd/containerd.sock"
+    )]
+    pub containerd_socket: PathBuf,
+
+    /// containerd namespace holding the node's images (the CRI uses `k8s.io`).
+    #[arg(long, env = "SHOAL_CONTAINERD_NAMESPACE", default_value = "k8s.io")]
+    pub containerd_namespace: String,
+
+    /// containerd's content directory, read directly when readable (fast path); blobs are read
+    /// through the content API otherwise.
+    #[arg(
+        long,
+        env = "SHOAL_CONTAINERD_CONTENT_DIR",
+        default_value = "/var/lib/containerd/io.containerd.content.v1.content"
+    )]
+    pub containerd_content_dir: PathBuf,
+}
+
+/// Which registries Shoal mirrors.
+#[derive(Debug, Clone, Args)]
+pub struct RegistryArgs {
+    /// Comma-separated registries to mirror. Registries not listed (a private Harbor) are never
+    /// configured, advertised or served.
+    #[arg(
+        long,
+        env = "SHOAL_REGISTRIES",
+        default_value = "docker.io,ghcr.io,gcr.io,registry.k8s.io,quay.io,mcr.microsoft.com,public.ecr.aws",
+        conflicts_with = "all_registries"
+    )]
+    pub registries: Allowlist,
+
+    /// Mirror every registry (writes containerd's catch-all `_default`). Off unless asked for.
+    #[arg(long, env = "SHOAL_ALL_REGISTRIES")]
+    pub all_registries: bool,
+}
+
+impl RegistryArgs {
+    pub fn allowlist(&self) -> Allowlist {
+        if self.all_registries {
+            Allowlist::All
+        } else {
+            self.registries.clone()
+        }
+    }
+}
+
+/// Runs a parsed command line to its exit code. Errors are printed once, here.
+pub fn run(cli: Cli) -> ExitCode {
+    init_tracing(&cli.log);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shoal: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Content(args) => commands::content::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("shoal: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr so that stdout stays clean for tables and `--json`.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
