@@ -138,10 +138,7 @@ impl FromStr for Digest {
             "sha512" => Algorithm::Sha512,
             other => return Err(DigestError::UnsupportedAlgorithm(other.to_owned())),
         };
-        if let Some(c) = hex
-            .chars()
-            .find(|c| !matches!(c, '0'..='9' | 'a'..='f'))
-        {
+        if let Some(c) = hex.chars().find(|c| !matches!(c, '0'..='9' | 'a'..='f')) {
             return Err(DigestError::BadHex(c));
         }
         if hex.len() != algorithm.hex_len() {
@@ -201,11 +198,21 @@ mod tests {
         );
         assert!(matches!(
             "sha256:abcd".parse::<Digest>(),
-            Err(DigestError::BadLength { expected: 64, actual: 4, .. })
+            Err(DigestError::BadLength {
+                expected: 64,
+                actual: 4,
+                ..
+            })
         ));
         let upper = EMPTY.to_uppercase().replace("SHA256", "sha256");
-        assert!(matches!(upper.parse::<Digest>(), Err(DigestError::BadHex('E'))));
+        assert!(matches!(
+            upper.parse::<Digest>(),
+            Err(DigestError::BadHex('E'))
+        ));
         let traversal = format!("sha256:../{}", &EMPTY[10..]);
-        assert!(matches!(traversal.parse::<Digest>(), Err(DigestError::BadHex('.'))));
+        assert!(matches!(
+            traversal.parse::<Digest>(),
+            Err(DigestError::BadHex('.'))
+        ));
     }
 }

@@ -113,10 +113,7 @@ mod tests {
     #[test]
     fn tag_key_round_trips_with_port() {
         let k: Key = "localhost:5000/a/b:v1".parse().unwrap();
-        assert_eq!(
-            k,
-            Key::Tag(TagKey::new("localhost:5000", "a/b", "v1"))
-        );
+        assert_eq!(k, Key::Tag(TagKey::new("localhost:5000", "a/b", "v1")));
         assert_eq!(k.to_string(), "localhost:5000/a/b:v1");
     }
 

@@ -6,9 +6,25 @@
 //! in isolation, and every other crate depends on it, never the other way round.
 
 mod digest;
+mod error;
 mod key;
+mod manifest;
+pub mod media;
+mod name;
+mod path;
+mod range;
+mod reference;
 mod registry;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
+pub use error::{ErrorBody, ErrorCode, ErrorInfo};
 pub use key::{Key, KeyError, TagKey};
+pub use manifest::{
+    Descriptor, Document, ImageIndex, ImageManifest, MAX_MANIFEST_BYTES, ManifestError, Platform,
+};
+pub use media::{ACCEPT_MANIFESTS, MediaKind, classify};
+pub use name::{MAX_REPOSITORY_LEN, MAX_TAG_LEN, NameError, Repository, Tag, TagError};
+pub use path::{ApiPath, ManifestRef, ManifestRefError, PathError};
+pub use range::{ByteRange, Range, RangeError};
+pub use reference::{DEFAULT_REGISTRY, MAX_NAME_LEN, Reference, ReferenceError};
 pub use registry::{Allowlist, DEFAULT_REGISTRIES, RegistryError, normalize_registry};

@@ -43,7 +43,7 @@ pub enum RegistryError {
     Invalid(String),
 }
 
-fn validate_host(name: &str) -> Result<(), RegistryError> {
+pub(crate) fn validate_host(name: &str) -> Result<(), RegistryError> {
     let bad = || RegistryError::Invalid(name.to_owned());
     if name.is_empty() || name.contains('/') || name.contains(char::is_whitespace) {
         return Err(bad());
@@ -71,7 +71,8 @@ fn validate_host(name: &str) -> Result<(), RegistryError> {
             && l.len() <= 63
             && !l.starts_with('-')
             && !l.ends_with('-')
-            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     };
     if host.len() > 253 || !host.split('.').all(label_ok) {
         return Err(bad());
