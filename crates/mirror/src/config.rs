@@ -1,0 +1,83 @@
+//! Mirror settings: which registries are served, how long a lookup may take, how hard to try peers.
+//!
+//! Every timeout here exists because containerd has none of its own (notes §4.3): a mirror that
+//! stalls stalls the kubelet's pull. The defaults favour a fast 404 (containerd then falls back
+//! upstream silently) over waiting for a slow peer.
+
+use std::time::Duration;
+
+use shoal_oci::Allowlist;
+
+/// Configuration of the mirror router. Build with [`MirrorConfig::default`] and override fields.
+#[derive(Debug, Clone)]
+pub struct MirrorConfig {
+    /// Registries served; anything else gets 404 before any lookup.
+    pub allowlist: Allowlist,
+    /// How long to wait for the first provider of a key before answering 404 (fast miss).
+    pub resolve_timeout: Duration,
+    /// Resolve `registry/repo:tag` through the DHT when the tag is not known locally.
+    pub resolve_tags: bool,
+    /// Also resolve the mutable `latest` tag through the DHT (needs `resolve_tags`).
+    pub resolve_latest: bool,
+    /// Upper bound on peer requests (first opens, hedges, continuations) for one client request.
+    pub max_attempts: usize,
+    /// TCP connect timeout towards a peer.
+    pub connect_timeout: Duration,
+    /// Time from sending a peer request to receiving its response headers.
+    pub first_byte_timeout: Duration,
+    /// Longest pause allowed between two body chunks of a peer before failing over.
+    pub idle_timeout: Duration,
+    /// Start a second (hedged) peer request if the first has not answered within this time.
+    pub hedge_after: Duration,
+    /// Blobs up to this size (and every manifest) are buffered and verified before answering,
+    /// so a corrupt peer is skipped transparently within the same request.
+    pub small_blob_threshold: u64,
+    /// How long a (peer, digest) pair stays excluded after the peer served bad bytes.
+    pub bad_peer_ttl: Duration,
+}
+
+/// `--resolve-timeout` default.
+pub const DEFAULT_RESOLVE_TIMEOUT: Duration = Duration::from_millis(20);
+/// Default buffering threshold: manifests are capped at 4 MiB by containerd too.
+pub const DEFAULT_SMALL_BLOB_THRESHOLD: u64 = 4 * 1024 * 1024;
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            allowlist: Allowlist::default(),
+            resolve_timeout: DEFAULT_RESOLVE_TIMEOUT,
+            resolve_tags: true,
+            resolve_latest: false,
+            max_attempts: 4,
+            connect_timeout: Duration::from_millis(500),
+            first_byte_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(5),
+            hedge_after: Duration::from_millis(300),
+            small_blob_threshold: DEFAULT_SMALL_BLOB_THRESHOLD,
+            bad_peer_ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+impl MirrorConfig {
+    /// Is `tag` allowed to be resolved through the DHT?
+    pub fn may_resolve_tag(&self, tag: &str) -> bool {
+        self.resolve_tags && (tag != "latest" || self.resolve_latest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_rules() {
+        let mut c = MirrorConfig::default();
+        assert!(c.may_resolve_tag("v1"));
+        assert!(!c.may_resolve_tag("latest"));
+        c.resolve_latest = true;
+        assert!(c.may_resolve_tag("latest"));
+        c.resolve_tags = false;
+        assert!(!c.may_resolve_tag("v1") && !c.may_resolve_tag("latest"));
+    }
+}

@@ -1,0 +1,113 @@
+//! Where each blob's bytes came from: a bounded in-memory log of fetch events.
+//!
+//! `shoal explain` (the debugging CLI) reads this to show, per digest, whether it was served
+//! locally or by which peer, every failover and why, and digest mismatches. The mirror reports
+//! through [`EventSink`]; [`EventLog`] is the bounded ring buffer the daemon installs.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchEventKind {
+    /// Served from the local content store.
+    Local,
+    /// No provider answered within the resolve timeout (fast miss).
+    Miss,
+    /// A peer request opened; bytes start flowing from `offset`.
+    PeerOpened { offset: u64 },
+    /// A peer request failed (connect, status, timeout, broken stream) at `offset`.
+    PeerFailed { offset: u64, reason: String },
+    /// The bytes did not hash to the digest; the listed peers were marked bad for it.
+    DigestMismatch { peers: Vec<String> },
+    /// The whole blob passed verification; `bytes` were sent to the client.
+    Verified { bytes: u64 },
+    /// Every attempt failed; the response was refused or aborted.
+    GaveUp { reason: String },
+}
+
+/// One fetch event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchEvent {
+    pub at: SystemTime,
+    /// The digest or tag key concerned.
+    pub key: String,
+    /// The peer concerned, if any.
+    pub peer: Option<String>,
+    pub kind: FetchEventKind,
+}
+
+/// Receives fetch events. Must not block: it is called on the request path.
+pub trait EventSink: Send + Sync + std::fmt::Debug + 'static {
+    fn on_fetch_event(&self, event: FetchEvent);
+}
+
+/// Drops every event.
+#[derive(Debug, Default, Clone)]
+pub struct NoEvents;
+
+impl EventSink for NoEvents {
+    fn on_fetch_event(&self, _: FetchEvent) {}
+}
+
+/// A bounded ring buffer of the most recent events.
+#[derive(Debug)]
+pub struct EventLog {
+    capacity: usize,
+    events: Mutex<VecDeque<FetchEvent>>,
+}
+
+impl EventLog {
+    /// Keep at most `capacity` events (at least one).
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        EventLog {
+            capacity,
+            events: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+        }
+    }
+
+    /// All retained events, oldest first.
+    pub fn snapshot(&self) -> Vec<FetchEvent> {
+        let ev = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        ev.iter().cloned().collect()
+    }
+
+    /// Retained events about `key`, oldest first.
+    pub fn for_key(&self, key: &str) -> Vec<FetchEvent> {
+        let ev = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        ev.iter().filter(|e| e.key == key).cloned().collect()
+    }
+}
+
+impl EventSink for EventLog {
+    fn on_fetch_event(&self, event: FetchEvent) {
+        let mut ev = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        if ev.len() == self.capacity {
+            ev.pop_front();
+        }
+        ev.push_back(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_is_bounded_and_keeps_newest() {
+        let log = EventLog::new(2);
+        for i in 0..3 {
+            log.on_fetch_event(FetchEvent {
+                at: SystemTime::now(),
+                key: format!("k{i}"),
+                peer: None,
+                kind: FetchEventKind::Miss,
+            });
+        }
+        let keys: Vec<_> = log.snapshot().into_iter().map(|e| e.key).collect();
+        assert_eq!(keys, ["k1", "k2"]);
+        assert_eq!(log.for_key("k2").len(), 1);
+    }
+}

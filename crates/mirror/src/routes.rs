@@ -1,0 +1,418 @@
+//! The mirror router: request parsing, the allowlist and peer rules, and dispatch to the local
+//! store or to peers.
+//!
+//! Order of checks, each answering at once: method (GET/HEAD), peer credential, path grammar,
+//! `ns` (required: containerd always sends it to a mirror; guessing a registry from the path
+//! could cross the allowlist), allowlist (404 before any lookup), `Range` syntax. Then local
+//! content; then, for requests from the local containerd only, peers. Requests marked as coming
+//! from a peer are answered from local content only, so requests never loop between nodes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, Method, StatusCode, header};
+use shoal_oci::{
+    ApiPath, Digest, Key, MAX_MANIFEST_BYTES, ManifestRef, Range, Repository, Tag, TagKey,
+    normalize_registry,
+};
+use tracing::{Instrument, field};
+
+use crate::client::PeerPath;
+use crate::error::MirrorError;
+use crate::events::FetchEventKind;
+use crate::fetch::{Fetch, GaveUp, Pool};
+use crate::metrics::Source;
+use crate::peer_auth::PeerCheck;
+use crate::serve::{self, Meta};
+use crate::source::{BlobInfo, Provider};
+use crate::state::{MirrorState, Shared};
+use crate::stream::VerifiedBody;
+
+type Served = Result<(Response, Source), MirrorError>;
+
+/// The mirror's HTTP router (`/v2/…`). Every path goes through one handler so unknown routes
+/// also get the OCI error JSON.
+pub fn router(state: MirrorState) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+/// One parsed content request.
+struct Ask {
+    registry: String,
+    head: bool,
+    from_peer: bool,
+    range: Option<Range>,
+}
+
+async fn handle(State(state): State<MirrorState>, req: Request) -> Response {
+    let shared = state.0;
+    let (parts, _) = req.into_parts();
+    let span = tracing::info_span!(
+        "mirror",
+        method = %parts.method,
+        repo = field::Empty,
+        digest = field::Empty,
+        ns = field::Empty,
+        source = field::Empty,
+        peer = field::Empty,
+    );
+    let started = Instant::now();
+    let (kind, label, result) = dispatch(&shared, &parts).instrument(span.clone()).await;
+    let outcome = match &result {
+        Ok((_, source)) => source.as_str(),
+        Err(e) => e.outcome(),
+    };
+    shared.metrics.request(&label, kind, outcome);
+    let _g = span.enter();
+    match result {
+        Ok((res, source)) => {
+            span.record("source", source.as_str());
+            tracing::debug!(status = %res.status(), elapsed = ?started.elapsed(), "answered");
+            res
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, status = %e.status(), elapsed = ?started.elapsed(), "refused");
+            e.into_response()
+        }
+    }
+}
+
+/// Returns (kind, registry label, result) for metrics.
+async fn dispatch(
+    shared: &Arc<Shared>,
+    parts: &http::request::Parts,
+) -> (&'static str, String, Served) {
+    let head = match parts.method {
+        Method::GET => false,
+        Method::HEAD => true,
+        ref m => {
+            return (
+                "other",
+                "none".into(),
+                Err(MirrorError::MethodNotAllowed(m.clone())),
+            );
+        }
+    };
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let from_peer = match shared.auth.check(&parts.method, pq, &parts.headers) {
+        PeerCheck::Client => false,
+        PeerCheck::Peer => true,
+        PeerCheck::Rejected => return ("other", "none".into(), Err(MirrorError::PeerRejected)),
+    };
+    let api = match ApiPath::parse(parts.uri.path()) {
+        Ok(a) => a,
+        Err(e) => return ("other", "none".into(), Err(e.into())),
+    };
+    let kind = match &api {
+        ApiPath::Base => {
+            let mut res = (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                "{}",
+            )
+                .into_response();
+            res.headers_mut().insert(
+                "docker-distribution-api-version",
+                HeaderValue::from_static("registry/2.0"),
+            );
+            return ("base", "none".into(), Ok((res, Source::Local)));
+        }
+        ApiPath::Manifest { .. } => "manifest",
+        ApiPath::Blob { .. } => "blob",
+    };
+    let ns = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+        .ok()
+        .and_then(|q| q.0.get("ns").cloned())
+        .filter(|ns| !ns.is_empty());
+    let Some(ns) = ns else {
+        return (kind, "none".into(), Err(MirrorError::MissingNamespace));
+    };
+    let registry = normalize_registry(&ns);
+    if !shared.cfg.allowlist.allows(&registry) {
+        // Bounded label: arbitrary ns values never become series.
+        return (
+            kind,
+            "other".into(),
+            Err(MirrorError::RegistryNotAllowed(registry)),
+        );
+    }
+    let span = tracing::Span::current();
+    span.record("ns", registry.as_str());
+    if let Some(repo) = api.repository() {
+        span.record("repo", repo.as_str());
+    }
+    let range = if head {
+        Ok(None)
+    } else {
+        serve::parse_range(parts.headers.get(header::RANGE))
+    };
+    let range = match range {
+        Ok(r) => r,
+        Err(e) => return (kind, registry, Err(e)),
+    };
+    let ask = Ask {
+        registry: registry.clone(),
+        head,
+        from_peer,
+        range,
+    };
+    let result = match api {
+        ApiPath::Blob { repository, digest } => blob(shared, &ask, repository, digest).await,
+        ApiPath::Manifest {
+            repository,
+            reference: ManifestRef::Digest(d),
+        } => manifest_by_digest(shared, &ask, repository, d).await,
+        ApiPath::Manifest {
+            repository,
+            reference: ManifestRef::Tag(t),
+        } => manifest_by_tag(shared, &ask, repository, t).await,
+        ApiPath::Base => unreachable_base(),
+    };
+    (kind, registry, result)
+}
+
+fn unreachable_base() -> Served {
+    Err(MirrorError::Internal("base route dispatched twice".into()))
+}
+
+/// Wait (at most `resolve_timeout`) for the first provider of `key`.
+async fn resolve(
+    shared: &Arc<Shared>,
+    key: &Key,
+    digest: Option<&Digest>,
+) -> Option<(Pool, Provider)> {
+    let started = Instant::now();
+    let mut pool = Pool::new(shared.providers.find(key));
+    let first = pool.next(shared, digest, shared.cfg.resolve_timeout).await;
+    shared.metrics.observe_resolve(started.elapsed());
+    match first {
+        Some(p) => Some((pool, p)),
+        None => {
+            tracing::debug!(key = %key, "no provider within the resolve timeout");
+            shared.event(&key.to_string(), None, FetchEventKind::Miss);
+            None
+        }
+    }
+}
+
+fn fetch(shared: &Arc<Shared>, ask: &Ask, path: PeerPath, key: &Key, pool: Pool) -> Fetch {
+    Fetch {
+        shared: shared.clone(),
+        registry: ask.registry.clone(),
+        path,
+        key: key.to_string(),
+        pool,
+        attempts: 0,
+    }
+}
+
+fn record_peer(p: &str) {
+    tracing::Span::current().record("peer", p);
+}
+
+async fn blob(shared: &Arc<Shared>, ask: &Ask, repository: Repository, digest: Digest) -> Served {
+    tracing::Span::current().record("digest", field::display(&digest));
+    if let Some(info) = shared.local.stat(&digest).await {
+        return local_blob(shared, ask, digest, info).await;
+    }
+    let unknown = || MirrorError::BlobUnknown(digest.to_string());
+    if ask.from_peer {
+        return Err(unknown());
+    }
+    let key = Key::Digest(digest.clone());
+    let (pool, first) = resolve(shared, &key, Some(&digest))
+        .await
+        .ok_or_else(unknown)?;
+    let path = PeerPath::Blob {
+        repository,
+        digest: digest.clone(),
+    };
+    let mut f = fetch(shared, ask, path, &key, pool);
+    let method = if ask.head { Method::HEAD } else { Method::GET };
+    let gave_up = |GaveUp(why)| MirrorError::BlobUnknown(format!("{digest} (peers failed: {why})"));
+    let opened = f
+        .open(method, Some(first), 0, None)
+        .await
+        .map_err(gave_up)?;
+    record_peer(&opened.provider.peer);
+    let content_type = opened
+        .content_type
+        .clone()
+        .unwrap_or_else(|| "application/octet-stream".into());
+    let mut meta = Meta {
+        digest: digest.clone(),
+        size: opened.size,
+        content_type,
+    };
+    if ask.head {
+        return Ok((serve::head(&meta), Source::Peer));
+    }
+    let threshold = shared.cfg.small_blob_threshold;
+    if opened.size <= threshold {
+        let (bytes, _) = f.buffered(opened, threshold).await.map_err(gave_up)?;
+        meta.size = bytes.len() as u64;
+        return Ok((serve::buffered(&meta, ask.range, bytes)?, Source::Peer));
+    }
+    let w = serve::window(ask.range, opened.size)?;
+    let body = VerifiedBody::new(f, digest, opened, w.start, w.end);
+    Ok((
+        serve::streamed(&meta, w, Body::from_stream(body.into_stream())),
+        Source::Peer,
+    ))
+}
+
+async fn local_blob(shared: &Arc<Shared>, ask: &Ask, digest: Digest, info: BlobInfo) -> Served {
+    let meta = Meta {
+        digest,
+        size: info.size,
+        content_type: info
+            .media_type
+            .unwrap_or_else(|| "application/octet-stream".into()),
+    };
+    if ask.head {
+        return Ok((serve::head(&meta), Source::Local));
+    }
+    let w = serve::window(ask.range, info.size)?;
+    let body = serve::local_body(
+        shared.local.as_ref(),
+        &shared.metrics,
+        &meta.digest,
+        w.start,
+        w.end - w.start,
+    )
+    .await?;
+    shared.event(&meta.digest.to_string(), None, FetchEventKind::Local);
+    Ok((serve::streamed(&meta, w, body), Source::Local))
+}
+
+fn manifest_limit(shared: &Shared) -> u64 {
+    shared
+        .cfg
+        .small_blob_threshold
+        .min(MAX_MANIFEST_BYTES as u64)
+}
+
+/// Serve a manifest from the local store (trusted; read whole, it is small).
+async fn local_manifest(shared: &Arc<Shared>, ask: &Ask, digest: Digest, info: BlobInfo) -> Served {
+    if info.size > manifest_limit(shared) {
+        return Err(MirrorError::ManifestUnknown(format!(
+            "{digest} ({} bytes is too large for a manifest)",
+            info.size
+        )));
+    }
+    if ask.head {
+        if let Some(mt) = info.media_type.clone() {
+            let meta = Meta {
+                digest,
+                size: info.size,
+                content_type: mt,
+            };
+            return Ok((serve::head(&meta), Source::Local));
+        }
+    }
+    let bytes =
+        serve::local_bytes(shared.local.as_ref(), &shared.metrics, &digest, info.size).await?;
+    let meta = Meta {
+        content_type: serve::manifest_media_type(info.media_type.as_deref(), &bytes),
+        digest,
+        size: bytes.len() as u64,
+    };
+    shared.event(&meta.digest.to_string(), None, FetchEventKind::Local);
+    if ask.head {
+        return Ok((serve::head(&meta), Source::Local));
+    }
+    Ok((serve::buffered(&meta, None, bytes)?, Source::Local))
+}
+
+async fn manifest_by_digest(
+    shared: &Arc<Shared>,
+    ask: &Ask,
+    repository: Repository,
+    digest: Digest,
+) -> Served {
+    tracing::Span::current().record("digest", field::display(&digest));
+    if let Some(info) = shared.local.stat(&digest).await {
+        return local_manifest(shared, ask, digest, info).await;
+    }
+    let unknown = || MirrorError::ManifestUnknown(digest.to_string());
+    if ask.from_peer {
+        return Err(unknown());
+    }
+    let key = Key::Digest(digest.clone());
+    let (pool, first) = resolve(shared, &key, Some(&digest))
+        .await
+        .ok_or_else(unknown)?;
+    let path = PeerPath::Manifest {
+        repository,
+        reference: ManifestRef::Digest(digest.clone()),
+    };
+    peer_manifest(shared, ask, fetch(shared, ask, path, &key, pool), first).await
+}
+
+async fn manifest_by_tag(
+    shared: &Arc<Shared>,
+    ask: &Ask,
+    repository: Repository,
+    tag: Tag,
+) -> Served {
+    let tk = TagKey::new(ask.registry.as_str(), repository.as_str(), tag.as_str());
+    if let Some(desc) = shared.local.resolve_tag(&tk).await {
+        if let Some(mut info) = shared.local.stat(&desc.digest).await {
+            info.media_type = Some(desc.media_type);
+            return local_manifest(shared, ask, desc.digest, info).await;
+        }
+    }
+    let unknown = |why: &str| MirrorError::ManifestUnknown(format!("{tk}{why}"));
+    if ask.from_peer {
+        return Err(unknown(""));
+    }
+    if !shared.cfg.may_resolve_tag(tag.as_str()) {
+        return Err(unknown(
+            " (tag resolution through peers is disabled for this tag)",
+        ));
+    }
+    let key = Key::Tag(tk.clone());
+    let (pool, first) = resolve(shared, &key, None)
+        .await
+        .ok_or_else(|| unknown(""))?;
+    let path = PeerPath::Manifest {
+        repository,
+        reference: ManifestRef::Tag(tag),
+    };
+    peer_manifest(shared, ask, fetch(shared, ask, path, &key, pool), first).await
+}
+
+/// Fetch a manifest from peers whole, verify it (against the requested digest, or for a tag
+/// the peer's `Docker-Content-Digest`), then answer.
+async fn peer_manifest(shared: &Arc<Shared>, ask: &Ask, mut f: Fetch, first: Provider) -> Served {
+    let key = f.key.clone();
+    let gave_up =
+        |GaveUp(why)| MirrorError::ManifestUnknown(format!("{key} (peers failed: {why})"));
+    let opened = f
+        .open(Method::GET, Some(first), 0, None)
+        .await
+        .map_err(gave_up)?;
+    let (bytes, opened) = f
+        .buffered(opened, manifest_limit(shared))
+        .await
+        .map_err(gave_up)?;
+    record_peer(&opened.provider.peer);
+    let digest = opened
+        .digest
+        .clone()
+        .ok_or_else(|| MirrorError::Internal("verified manifest without digest".into()))?;
+    let meta = Meta {
+        content_type: serve::manifest_media_type(opened.content_type.as_deref(), &bytes),
+        digest,
+        size: bytes.len() as u64,
+    };
+    if ask.head {
+        return Ok((serve::head(&meta), Source::Peer));
+    }
+    Ok((serve::buffered(&meta, None, bytes)?, Source::Peer))
+}

@@ -1,0 +1,68 @@
+//! The two things the mirror needs from the rest of the daemon, as object-safe traits.
+//!
+//! The binary implements them with adapters over containerd (`LocalStore`) and the DHT
+//! (`Providers`); tests implement them in memory. Keeping them here (not depending on
+//! `shoal-containerd`/`shoal-p2p`) keeps the router testable without sockets.
+
+use std::io;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use shoal_oci::{Digest, Key, TagKey};
+
+/// What the local store knows about a blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub size: u64,
+    /// Known for manifests and indexes (from the image record); usually `None` for layers.
+    pub media_type: Option<String>,
+}
+
+/// A resolved tag: the manifest (or index) it points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Descriptor {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+}
+
+/// A stream of blob bytes.
+pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
+
+/// Content this node already holds (containerd's content store).
+///
+/// Content here was verified by containerd when it was committed, so the mirror serves it
+/// without hashing it again.
+pub trait LocalStore: Send + Sync + 'static {
+    /// Size (and media type when known) of a committed blob; `None` if absent.
+    fn stat<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Option<BlobInfo>>;
+
+    /// Bytes of a committed blob from `offset`, `len` bytes or to the end when `None`.
+    fn read<'a>(
+        &'a self,
+        digest: &'a Digest,
+        offset: u64,
+        len: Option<u64>,
+    ) -> BoxFuture<'a, io::Result<ByteStream>>;
+
+    /// The manifest a tag points at locally (from containerd's image records).
+    fn resolve_tag<'a>(&'a self, tag: &'a TagKey) -> BoxFuture<'a, Option<Descriptor>>;
+}
+
+/// A peer that advertised a key, reachable at `addr` (its mirror endpoint).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Provider {
+    /// Stable peer identity (libp2p peer id), used for bad-peer marks and logs.
+    pub peer: String,
+    /// The peer's mirror HTTP address.
+    pub addr: SocketAddr,
+}
+
+/// Who holds a key (the DHT).
+pub trait Providers: Send + Sync + 'static {
+    /// Providers of `key` as they arrive. The stream may stay pending forever; the mirror bounds
+    /// every wait with its own timeouts. It should not yield this node itself.
+    fn find(&self, key: &Key) -> BoxStream<'static, Provider>;
+}

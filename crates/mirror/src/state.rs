@@ -1,0 +1,142 @@
+//! The shared state behind the mirror router: configuration, the two data sources, the peer
+//! client and the observability hooks.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::bad_peers::BadPeers;
+use crate::client::PeerClient;
+use crate::config::MirrorConfig;
+use crate::events::{EventSink, FetchEvent, FetchEventKind, NoEvents};
+use crate::metrics::Metrics;
+use crate::peer_auth::{HeaderMarker, PeerAuth};
+use crate::source::{LocalStore, Providers};
+
+/// Why the mirror state could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot build the peer HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("invalid mirror configuration: {0}")]
+    Config(&'static str),
+}
+
+pub(crate) struct Shared {
+    pub cfg: MirrorConfig,
+    pub local: Arc<dyn LocalStore>,
+    pub providers: Arc<dyn Providers>,
+    pub auth: Arc<dyn PeerAuth>,
+    pub client: PeerClient,
+    pub bad: BadPeers,
+    pub metrics: Metrics,
+    pub events: Arc<dyn EventSink>,
+}
+
+impl Shared {
+    pub(crate) fn event(&self, key: &str, peer: Option<&str>, kind: FetchEventKind) {
+        self.events.on_fetch_event(FetchEvent {
+            at: SystemTime::now(),
+            key: key.to_owned(),
+            peer: peer.map(str::to_owned),
+            kind,
+        });
+    }
+}
+
+/// State of the mirror router; cheap to clone.
+#[derive(Clone)]
+pub struct MirrorState(pub(crate) Arc<Shared>);
+
+impl std::fmt::Debug for MirrorState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MirrorState")
+            .field("cfg", &self.0.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MirrorState {
+    /// Start building a state from the configuration and the two data sources.
+    pub fn builder(
+        cfg: MirrorConfig,
+        local: Arc<dyn LocalStore>,
+        providers: Arc<dyn Providers>,
+    ) -> MirrorStateBuilder {
+        MirrorStateBuilder {
+            cfg,
+            local,
+            providers,
+            metrics: None,
+            auth: None,
+            events: None,
+        }
+    }
+
+    /// The metrics this mirror updates (share them with [`crate::metrics_router`]).
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    pub fn config(&self) -> &MirrorConfig {
+        &self.0.cfg
+    }
+}
+
+/// Builder for [`MirrorState`]; metrics, peer auth and event sink have defaults.
+pub struct MirrorStateBuilder {
+    cfg: MirrorConfig,
+    local: Arc<dyn LocalStore>,
+    providers: Arc<dyn Providers>,
+    metrics: Option<Metrics>,
+    auth: Option<Arc<dyn PeerAuth>>,
+    events: Option<Arc<dyn EventSink>>,
+}
+
+impl std::fmt::Debug for MirrorStateBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MirrorStateBuilder")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MirrorStateBuilder {
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// How peer requests are marked and recognised (default: [`HeaderMarker`]).
+    pub fn peer_auth(mut self, auth: Arc<dyn PeerAuth>) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
+    /// Where fetch events go (default: dropped).
+    pub fn events(mut self, events: Arc<dyn EventSink>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    pub fn build(self) -> Result<MirrorState, BuildError> {
+        if self.cfg.max_attempts == 0 {
+            return Err(BuildError::Config("max_attempts must be at least 1"));
+        }
+        let auth = self.auth.unwrap_or_else(|| Arc::new(HeaderMarker));
+        let client = PeerClient::new(
+            self.cfg.connect_timeout,
+            self.cfg.first_byte_timeout,
+            auth.clone(),
+        )?;
+        Ok(MirrorState(Arc::new(Shared {
+            bad: BadPeers::new(self.cfg.bad_peer_ttl),
+            cfg: self.cfg,
+            local: self.local,
+            providers: self.providers,
+            auth,
+            client,
+            metrics: self.metrics.unwrap_or_default(),
+            events: self.events.unwrap_or_else(|| Arc::new(NoEvents)),
+        })))
+    }
+}

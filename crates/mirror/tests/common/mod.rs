@@ -1,0 +1,329 @@
+//! In-memory fakes for the mirror's data sources, and loopback fake peers.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use http::{HeaderMap, StatusCode, header};
+use shoal_mirror::{
+    BlobInfo, ByteStream, Descriptor, LocalStore, MirrorConfig, MirrorState, Provider, Providers,
+};
+use shoal_oci::{Allowlist, Digest, Key, Range, TagKey};
+use tower::ServiceExt;
+
+pub const REG: &str = "docker.io";
+
+/// A content store in memory, counting calls.
+#[derive(Debug, Default)]
+pub struct MemStore {
+    pub blobs: Mutex<HashMap<Digest, (Bytes, Option<String>)>>,
+    pub tags: Mutex<HashMap<TagKey, Descriptor>>,
+    pub stats: AtomicUsize,
+}
+
+impl MemStore {
+    pub fn put(&self, data: &[u8], media_type: Option<&str>) -> Digest {
+        let d = Digest::sha256_of(data);
+        self.blobs.lock().unwrap().insert(
+            d.clone(),
+            (Bytes::copy_from_slice(data), media_type.map(str::to_owned)),
+        );
+        d
+    }
+
+    pub fn tag(&self, repo: &str, tag: &str, manifest: &[u8], media_type: &str) -> Digest {
+        let d = self.put(manifest, None);
+        self.tags.lock().unwrap().insert(
+            TagKey::new(REG, repo, tag),
+            Descriptor {
+                digest: d.clone(),
+                media_type: media_type.into(),
+                size: manifest.len() as u64,
+            },
+        );
+        d
+    }
+}
+
+impl LocalStore for MemStore {
+    fn stat<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Option<BlobInfo>> {
+        self.stats.fetch_add(1, Ordering::SeqCst);
+        let r = self
+            .blobs
+            .lock()
+            .unwrap()
+            .get(digest)
+            .map(|(b, mt)| BlobInfo {
+                size: b.len() as u64,
+                media_type: mt.clone(),
+            });
+        async move { r }.boxed()
+    }
+
+    fn read<'a>(
+        &'a self,
+        digest: &'a Digest,
+        offset: u64,
+        len: Option<u64>,
+    ) -> BoxFuture<'a, io::Result<ByteStream>> {
+        let r = self
+            .blobs
+            .lock()
+            .unwrap()
+            .get(digest)
+            .map(|(b, _)| b.clone());
+        async move {
+            let b = r.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "absent"))?;
+            let end = len.map_or(b.len(), |l| (offset + l) as usize);
+            let part = b.slice(offset as usize..end);
+            let chunks: Vec<io::Result<Bytes>> = part
+                .chunks(16 * 1024)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            Ok(futures::stream::iter(chunks).boxed())
+        }
+        .boxed()
+    }
+
+    fn resolve_tag<'a>(&'a self, tag: &'a TagKey) -> BoxFuture<'a, Option<Descriptor>> {
+        let r = self.tags.lock().unwrap().get(tag).cloned();
+        async move { r }.boxed()
+    }
+}
+
+/// Providers per key; after the listed ones the stream stays pending forever (like a DHT
+/// query still running). Counts `find` calls.
+#[derive(Debug, Default)]
+pub struct FakeProviders {
+    pub map: Mutex<HashMap<Key, Vec<Provider>>>,
+    pub finds: AtomicUsize,
+}
+
+impl FakeProviders {
+    pub fn add(&self, key: Key, addr: SocketAddr, peer: &str) {
+        self.map
+            .lock()
+            .unwrap()
+            .entry(key)
+            .or_default()
+            .push(Provider {
+                peer: peer.into(),
+                addr,
+            });
+    }
+    pub fn finds(&self) -> usize {
+        self.finds.load(Ordering::SeqCst)
+    }
+}
+
+impl Providers for FakeProviders {
+    fn find(&self, key: &Key) -> BoxStream<'static, Provider> {
+        self.finds.fetch_add(1, Ordering::SeqCst);
+        let list = self
+            .map
+            .lock()
+            .unwrap()
+            .get(key)
+            .cloned()
+            .unwrap_or_default();
+        futures::stream::iter(list)
+            .chain(futures::stream::pending())
+            .boxed()
+    }
+}
+
+pub fn config() -> MirrorConfig {
+    MirrorConfig {
+        allowlist: Allowlist::default(),
+        connect_timeout: Duration::from_millis(300),
+        first_byte_timeout: Duration::from_millis(400),
+        idle_timeout: Duration::from_millis(400),
+        hedge_after: Duration::from_millis(150),
+        ..MirrorConfig::default()
+    }
+}
+
+pub fn state(cfg: MirrorConfig, store: &Arc<MemStore>, prov: &Arc<FakeProviders>) -> MirrorState {
+    MirrorState::builder(cfg, store.clone(), prov.clone())
+        .build()
+        .unwrap()
+}
+
+/// Status, headers and the body (Err if the body stream failed).
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Result<Bytes, String>,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn ok_body(&self) -> &Bytes {
+        self.body.as_ref().expect("body completed")
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(self.ok_body()).expect("JSON body")
+    }
+}
+
+pub async fn send(router: &Router, req: http::Request<Body>) -> Answer {
+    let res = router.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .map_err(|e| e.to_string());
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub fn get(uri: &str) -> http::Request<Body> {
+    http::Request::get(uri).body(Body::empty()).unwrap()
+}
+
+pub fn blob_uri(d: &Digest) -> String {
+    format!("/v2/library/test/blobs/{d}?ns={REG}")
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn data(len: usize, seed: u8) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9 ^ seed as u32;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// How a fake peer misbehaves.
+#[derive(Debug, Clone, Copy)]
+pub enum Mode {
+    Good,
+    /// Same length, one byte flipped near the end.
+    Corrupt,
+    /// Send this many bytes, then break the connection.
+    DieAfter(usize),
+    /// Never send response headers.
+    Hang,
+    /// Send this many bytes, then stall forever.
+    StallAfter(usize),
+}
+
+/// A fake peer serving one blob; records the `Range` header of every request.
+#[derive(Debug)]
+pub struct FakePeer {
+    pub blob: Bytes,
+    pub digest: Digest,
+    pub mode: Mode,
+    pub ranges: Mutex<Vec<Option<String>>>,
+    pub peer_marked: Mutex<Vec<bool>>,
+}
+
+async fn fake_handler(State(p): State<Arc<FakePeer>>, req: Request) -> Response {
+    let range = req
+        .headers()
+        .get(header::RANGE)
+        .map(|v| v.to_str().unwrap().to_owned());
+    p.ranges.lock().unwrap().push(range.clone());
+    p.peer_marked
+        .lock()
+        .unwrap()
+        .push(req.headers().contains_key(shoal_mirror::PEER_HEADER));
+    if !req.uri().path().ends_with(&p.digest.to_string()) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let mut blob = p.blob.to_vec();
+    if let Mode::Corrupt = p.mode {
+        let i = blob.len() - 2;
+        blob[i] ^= 0xff;
+    }
+    let size = blob.len() as u64;
+    let (status, start) = match range.as_deref().map(|r| r.parse::<Range>().unwrap()) {
+        Some(r) => (StatusCode::PARTIAL_CONTENT, r.resolve(size).unwrap().start),
+        None => (StatusCode::OK, 0),
+    };
+    if let Mode::Hang = p.mode {
+        futures::future::pending::<()>().await;
+    }
+    let part = Bytes::from(blob).slice(start as usize..);
+    let chunks: Vec<Bytes> = part.chunks(8 * 1024).map(Bytes::copy_from_slice).collect();
+    let mode = p.mode;
+    let mut sent = 0usize;
+    let stream = futures::stream::iter(chunks).then(move |c| {
+        let before = sent;
+        sent += c.len();
+        async move {
+            match mode {
+                Mode::DieAfter(n) if before >= n => {
+                    // Let hyper flush what was sent before breaking the connection.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Err(io::Error::other("peer died"))
+                }
+                Mode::StallAfter(n) if before >= n => {
+                    futures::future::pending::<()>().await;
+                    Ok(c)
+                }
+                _ => Ok(c),
+            }
+        }
+    });
+    let mut res = Response::new(Body::from_stream(stream));
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_LENGTH, (size - start).into());
+    h.insert(
+        header::CONTENT_TYPE,
+        "application/octet-stream".parse().unwrap(),
+    );
+    h.insert(
+        "docker-content-digest",
+        p.digest.to_string().parse().unwrap(),
+    );
+    if start > 0 {
+        let cr = format!("bytes {start}-{}/{size}", size - 1);
+        h.insert(header::CONTENT_RANGE, cr.parse().unwrap());
+    }
+    res
+}
+
+/// Serve `router` on 127.0.0.1:0 (loopback only); returns its address.
+pub async fn serve(router: Router) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(l, router).await;
+    });
+    addr
+}
+
+pub async fn fake_peer(blob: &[u8], mode: Mode) -> (Arc<FakePeer>, SocketAddr) {
+    let p = Arc::new(FakePeer {
+        blob: Bytes::copy_from_slice(blob),
+        digest: Digest::sha256_of(blob),
+        mode,
+        ranges: Mutex::new(vec![]),
+        peer_marked: Mutex::new(vec![]),
+    });
+    let addr = serve(Router::new().fallback(fake_handler).with_state(p.clone())).await;
+    (p, addr)
+}
