@@ -1,1 +1,8 @@
-//! e2e
+//! The single end-to-end test binary: real registry, containerd and `shoal` processes in network
+//! namespaces, built with the `shoal_tests` rig. One module per topic.
+
+mod configure;
+mod content;
+mod deploy;
+mod p2p;
+mod rig;
