@@ -1,1 +1,22 @@
-//! placeholder
+//! Shoal's view of the node's containerd: which images and blobs it holds (and so which keys
+//! this node can advertise), the bytes of those blobs, and a stream of changes as images are
+//! pulled, removed and garbage-collected.
+//!
+//! - [`ContentSource::connect`] opens the socket and checks the namespace ([`client`]).
+//! - [`ContentSource::inventory`] walks images down to present blobs ([`inventory`]).
+//! - [`ContentSource::read`] / [`ContentSource::read_range`] stream a blob ([`read`]).
+//! - [`ContentSource::watch`] emits [`Change`]s on a bounded channel ([`watch`]).
+
+pub mod client;
+pub mod error;
+pub mod inventory;
+mod name;
+pub mod read;
+pub mod watch;
+
+pub use client::{ContainerdVersion, ContentSource};
+pub use error::{Error, parse_digest};
+pub use inventory::{BlobInfo, Descriptor, ImageInfo, Inventory, SkippedImage};
+pub use read::{Blob, ByteStream, DISK_CHUNK, ReadPath};
+pub use tokio_util::sync::CancellationToken;
+pub use watch::{Change, WatchConfig};
