@@ -1,68 +1,147 @@
-//! `scripts/demo`: a one-node rig, two images pulled over CRI (one from the allowlisted
-//! docker.io, one from a private `harbor.test`), and what `shoal content` reports about the node.
-//! Runs without `cargo test`; everything is torn down when it ends.
+//! `scripts/demo`: three nodes, each with real containerd and `shoal daemon` in its own network
+//! namespace. Node 1 pulls from the registry; the registry is stopped; nodes 2 and 3 pull the
+//! same images through Shoal. Then every node's `shoal explain` says where each blob came from.
+//! Everything is torn down when it ends.
 
+use std::collections::HashMap;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-use shoal_tests::{Rig, TestImage, shoal_bin};
+use serde_json::Value;
+use shoal_tests::{Daemon, Node, Rig, TestImage};
+
+enum Via {
+    Ctr,
+    Cri,
+}
+
+fn pull(node: &Node, img: &TestImage, via: Via) -> Result<Duration, String> {
+    let started = Instant::now();
+    match via {
+        Via::Ctr => node.pull(img.reference()).map(|()| started.elapsed()),
+        Via::Cri => node.cri_pull(img.reference()),
+    }
+}
+
+fn json(d: &Daemon, args: &[&str]) -> Value {
+    let out = d.cli(args);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "shoal {args:?}: {e}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// First 12 hex digits of a digest; the tag of a tag key.
+fn short(key: &str) -> String {
+    match key.strip_prefix("sha256:") {
+        Some(hex) => hex.chars().take(12).collect(),
+        None => format!(":{}", key.rsplit(':').next().unwrap_or(key)),
+    }
+}
 
 fn main() -> ExitCode {
-    let shoal = shoal_bin();
-    let rig = Rig::builder().nodes(1).start();
-    let node = rig.node(0);
+    let rig = Rig::builder().nodes(3).start();
+    let images = [TestImage::small(), TestImage::big()];
     println!(
-        "rig up in {:.2?}: registry {} ({}), node {} {} ({})",
-        rig.startup_time(),
+        "registry {} and nodes {} up in {:.1?}",
         rig.registry().addr(),
-        rig.registry().netns(),
-        node.name(),
-        node.ip(),
-        node.netns()
+        rig.nodes()
+            .iter()
+            .map(|n| format!("{}={}", n.name(), n.ip()))
+            .collect::<Vec<_>>()
+            .join(" "),
+        rig.startup_time()
     );
-    let public = TestImage::small();
-    let private = TestImage::small_at("harbor.test/team/app:v1");
-    for img in [&public, &private] {
+    for img in &images {
         rig.registry().push(img);
-        match node.cri_pull(img.reference()) {
-            Ok(took) => println!(
-                "CRI pull {} ({}) in {took:.2?}",
-                img.reference(),
-                img.manifest_digest()
-            ),
-            Err(e) => {
-                eprintln!("demo: pull failed: {e}");
-                return ExitCode::FAILURE;
+    }
+    for n in rig.nodes() {
+        n.configure_shoal();
+    }
+    let d1 = rig.node(0).shoal().start();
+    let d2 = rig.node(1).shoal().bootstrap(&d1).start();
+    let d3 = rig.node(2).shoal().bootstrap(&d1).start();
+    let daemons = [&d1, &d2, &d3];
+    for d in daemons {
+        d.wait_ready(Duration::from_secs(20));
+    }
+    let names: HashMap<String, String> = rig
+        .nodes()
+        .iter()
+        .zip(daemons)
+        .map(|(n, d)| {
+            let status = json(d, &["status", "--json"]);
+            (
+                status["peer_id"].as_str().unwrap_or_default().to_owned(),
+                n.name().to_owned(),
+            )
+        })
+        .collect();
+
+    let mut failed = false;
+    let mut report = |node: &Node, img: &TestImage, via: Via, what: &str| match pull(node, img, via)
+    {
+        Ok(t) => println!("{}: {what} {} in {t:.2?}", node.name(), img.reference()),
+        Err(e) => {
+            eprintln!("{}: {what} {} FAILED: {e}", node.name(), img.reference());
+            failed = true;
+        }
+    };
+    for img in &images {
+        report(rig.node(0), img, Via::Cri, "pulled (registry)");
+    }
+    for img in &images {
+        d2.wait_found(img, &img.manifest_digest());
+    }
+    rig.registry().stop();
+    println!("registry stopped");
+    for img in &images {
+        report(rig.node(1), img, Via::Ctr, "pulled (ctr, through Shoal)");
+        report(rig.node(2), img, Via::Cri, "pulled (CRI, through Shoal)");
+    }
+
+    println!(
+        "\n{:<5} {:<18} {:<9} {:<13} {:<24} {:>12} {:>9}",
+        "node", "image", "blob", "digest", "source", "bytes", "time"
+    );
+    for (n, d) in rig.nodes().iter().zip(daemons) {
+        for img in &images {
+            let ex = json(d, &["explain", "--json", img.reference()]);
+            for blob in ex["blobs"].as_array().into_iter().flatten() {
+                let key = blob["key"].as_str().unwrap_or_default();
+                let role = blob["role"].as_str().unwrap_or_default();
+                let Some(req) = blob["requests"].as_array().and_then(|r| r.last()) else {
+                    continue;
+                };
+                let source = match req["source"].as_str().unwrap_or_default() {
+                    "peer" => {
+                        let id = req["peer_id"].as_str().unwrap_or_default();
+                        format!("peer {}", names.get(id).map_or(id, |s| s.as_str()))
+                    }
+                    "miss" => "miss -> registry".to_owned(),
+                    other => other.to_owned(),
+                };
+                println!(
+                    "{:<5} {:<18} {:<9} {:<13} {:<24} {:>12} {:>7}ms",
+                    n.name(),
+                    img.repository().trim_start_matches("library/"),
+                    role,
+                    short(key),
+                    source,
+                    req["bytes"].as_u64().unwrap_or(0),
+                    req["duration_ms"].as_u64().unwrap_or(0),
+                );
             }
         }
     }
-    let sock = node.containerd_socket().display().to_string();
-    let content = node.content_dir().display().to_string();
-    let shoal = shoal.to_str().expect("utf-8 path");
-    let mut ok = true;
-    for extra in [&["--json"][..], &[][..]] {
-        let mut argv = vec![
-            shoal,
-            "content",
-            "--containerd-socket",
-            &sock,
-            "--containerd-content-dir",
-            &content,
-        ];
-        argv.extend_from_slice(extra);
-        println!("\n$ {}", argv.join(" "));
-        let out = node.exec(&argv);
-        print!("{}", String::from_utf8_lossy(&out.stdout));
-        eprint!("{}", String::from_utf8_lossy(&out.stderr));
-        if !out.status.success() {
-            eprintln!("demo: `shoal content` failed ({})", out.status);
-            ok = false;
-        }
-    }
+    drop((d1, d2, d3));
     drop(rig);
     println!("\nrig torn down");
-    if ok {
-        ExitCode::SUCCESS
-    } else {
+    if failed {
         ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }

@@ -57,6 +57,14 @@ impl TestImage {
         img
     }
 
+    /// `docker.io/library/shoal-huge:v1`: one layer with a 1 GiB file of incompressible bytes
+    /// (benchmarks and multi-peer transfers; built once, then cached).
+    pub fn huge() -> TestImage {
+        let mut img = cached("huge", build_huge);
+        img.reference = "docker.io/library/shoal-huge:v1".into();
+        img
+    }
+
     /// `docker.io/library/shoal-multi:v1`: an OCI index of a linux/amd64 and a linux/arm64 image.
     pub fn multi_platform() -> TestImage {
         let mut img = cached("multi", build_multi);
@@ -296,18 +304,21 @@ fn build_small(w: &mut LayoutWriter) -> Built {
 }
 
 fn build_big(w: &mut LayoutWriter) -> Built {
+    build_one_file(w, 2, BIG_FILE_BYTES)
+}
+
+fn build_huge(w: &mut LayoutWriter) -> Built {
+    build_one_file(w, 3, 1 << 30)
+}
+
+/// An image of one layer holding one file of `len` incompressible bytes.
+fn build_one_file(w: &mut LayoutWriter, seed: u64, len: u64) -> Built {
     let mut all = Vec::new();
     // Level 0 (stored blocks): the bytes are incompressible anyway and this keeps the build fast.
     let layers = vec![(
         vec![
             Entry::Dir("data/"),
-            Entry::File(
-                "data/big.bin",
-                Content::Random {
-                    seed: 2,
-                    len: BIG_FILE_BYTES,
-                },
-            ),
+            Entry::File("data/big.bin", Content::Random { seed, len }),
         ],
         Compression::none(),
     )];

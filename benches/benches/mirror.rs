@@ -1,0 +1,177 @@
+//! Mirror benchmarks on the real rig (root; not part of `cargo test`):
+//! `cargo bench -p shoal-benches --bench mirror`.
+//!
+//! Every figure is measured in this run next to its baseline, on the same machine, and reported
+//! as medians and ratios (these machines are noisy):
+//! - a miss (no node holds the blob): latency p50/p99 of the 404 containerd falls back on;
+//! - a 1 GiB blob peer → peer through Shoal vs `curl` straight from the distribution registry;
+//! - `ctr pull` of the 200 MB image through Shoal from a peer vs straight from the registry;
+//! - Shoal's RSS idle and during the 1 GiB transfer.
+
+use std::time::{Duration, Instant};
+
+use shoal_tests::{Daemon, Node, Rig, TestImage};
+
+const RUNS: usize = 5;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+/// `curl` inside the node's namespace, one transfer per URL over one connection; returns
+/// (seconds, bytes) per transfer.
+fn curl_times(node: &Node, urls: &[String]) -> Vec<(f64, u64)> {
+    let mut argv = vec!["curl", "-s", "-o", "/dev/null", "-w", "%{time_total} %{size_download}\n"];
+    for u in urls {
+        argv.push(u);
+    }
+    let out = node.exec(&argv);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (t, n) = l.split_once(' ')?;
+            Some((t.parse().ok()?, n.parse().ok()?))
+        })
+        .collect()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Runs `f` while sampling the daemon's RSS; returns (f's result, peak RSS in KiB).
+fn with_peak_rss<T: Send>(d: &Daemon, f: impl FnOnce() -> T + Send) -> (T, u64) {
+    let pid = d.process().pid();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        });
+        let r = f();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (r, sampler.join().unwrap())
+    })
+}
+
+fn timed_pull(node: &Node, reference: &str) -> f64 {
+    let t = Instant::now();
+    node.pull(reference).unwrap_or_else(|e| panic!("pull: {e}"));
+    t.elapsed().as_secs_f64()
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; there are no options.
+    let rig = Rig::builder().nodes(2).start();
+    let (holder, puller) = (rig.node(0), rig.node(1));
+    let big = TestImage::big();
+    let huge = TestImage::huge();
+    rig.registry().push(&big);
+    rig.registry().push(&huge);
+    holder.configure_shoal();
+    let d1 = holder.shoal().start();
+    let d2 = puller.shoal().bootstrap(&d1).start();
+    d1.wait_ready(Duration::from_secs(20));
+    d2.wait_ready(Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(1));
+    let idle_rss = rss_kib(d2.process().pid());
+
+    // 1. Misses: digests nobody has.
+    let urls: Vec<String> = (0..500u32)
+        .map(|i| {
+            let d = shoal_oci::Digest::sha256_of(&i.to_be_bytes());
+            format!("{}/v2/library/absent/blobs/{d}?ns=docker.io", d2.local_mirror_url())
+        })
+        .collect();
+    let misses: Vec<f64> = curl_times(puller, &urls).into_iter().map(|(t, _)| t * 1e3).collect();
+    assert_eq!(misses.len(), urls.len(), "every miss answered");
+
+    // Holder gets the images straight from the registry.
+    holder.pull(big.reference()).unwrap();
+    holder.pull(huge.reference()).unwrap();
+    let (layer, size) = huge.layers()[0].clone();
+    d2.wait_found(&huge, &layer);
+
+    // 2. 1 GiB blob: through Shoal (peer → peer) vs straight from the registry, alternating.
+    let via_shoal = d2.blob_url(&huge, &layer);
+    let direct = format!("{}/v2/{}/blobs/{layer}", rig.registry().url(), huge.repository());
+    let mut shoal_s = Vec::new();
+    let mut registry_s = Vec::new();
+    let mut peak_rss = 0;
+    for _ in 0..RUNS {
+        let (t, rss) = with_peak_rss(&d2, || curl_times(puller, std::slice::from_ref(&via_shoal)));
+        assert_eq!(t[0].1, size, "full blob through Shoal");
+        shoal_s.push(t[0].0);
+        peak_rss = peak_rss.max(rss);
+        let t = curl_times(puller, std::slice::from_ref(&direct));
+        assert_eq!(t[0].1, size, "full blob from the registry");
+        registry_s.push(t[0].0);
+    }
+
+    // 3. ctr pull of the 200 MB image: through Shoal from the peer vs from the registry.
+    let via_hosts = puller.hosts_dir();
+    let mut pull_shoal = Vec::new();
+    let mut pull_registry = Vec::new();
+    for _ in 0..3 {
+        puller.reset_images();
+        pull_registry.push(timed_pull(puller, big.reference()));
+        puller.reset_images();
+        puller.configure_shoal();
+        pull_shoal.push(timed_pull(puller, big.reference()));
+        // Back to the registry only: uninstall restores the rig's own hosts.toml.
+        let out = std::process::Command::new(shoal_tests::shoal_bin())
+            .args(["configure", "--uninstall", "--hosts-dir"])
+            .arg(&via_hosts)
+            .args(["--mirror", "http://127.0.0.1:5000", "--registries", "docker.io,ghcr.io"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+
+    let gib = size as f64 / (1u64 << 30) as f64;
+    let (ms, mr) = (median(shoal_s.clone()), median(registry_s.clone()));
+    println!("## Mirror benchmarks (this run)\n");
+    println!("| measurement | Shoal | baseline | ratio |\n|---|---|---|---|");
+    println!(
+        "| miss (404) latency, 500 requests | p50 {:.2} ms, p99 {:.2} ms | target p99 ≤ 20 ms | |",
+        percentile(misses.clone(), 0.5),
+        percentile(misses, 0.99)
+    );
+    println!(
+        "| 1 GiB blob peer → peer vs registry (median of {RUNS}) | {:.2} s ({:.0} MB/s) | {:.2} s ({:.0} MB/s) | {:.2}× throughput |",
+        ms,
+        size as f64 / ms / 1e6,
+        mr,
+        size as f64 / mr / 1e6,
+        mr / ms
+    );
+    let (ps, pr) = (median(pull_shoal), median(pull_registry));
+    println!(
+        "| `ctr pull` 200 MB image, peer via Shoal vs registry (median of 3) | {ps:.2} s | {pr:.2} s | {:.2}× time |",
+        ps / pr
+    );
+    println!(
+        "| Shoal RSS (puller) idle / peak during the {gib:.0} GiB transfers | {:.1} MB / {:.1} MB | target ≤ 20 / ≤ 40 MB | |",
+        idle_rss as f64 / 1024.0,
+        peak_rss as f64 / 1024.0
+    );
+    println!("\nraw: shoal {shoal_s:?} registry {registry_s:?}");
+}
