@@ -95,23 +95,15 @@ fn a_corrupt_holder_never_gets_its_bytes_committed() {
     rig.node(0).corrupt_blob(&layer);
     d2.wait_found(&big, &layer);
 
-    // The only holder lies. The pull may fail once (the corrupt body is cut off before its end),
-    // but containerd never commits the bytes, and the retry goes to the registry.
+    // The only holder lies. Shoal verifies the whole blob before sending a byte, so it answers
+    // 404 and containerd goes to the registry: the very first pull succeeds.
     let puller = rig.node(1);
-    let mut attempts = Vec::new();
-    for _ in 0..3 {
-        let r = puller.cri_pull(big.reference());
-        let ok = r.is_ok();
-        attempts.push(r);
-        if ok {
-            break;
-        }
-    }
-    assert!(
-        attempts.last().is_some_and(|r| r.is_ok()),
-        "pull never succeeded: {attempts:?}\n{}",
-        d2.log_tail()
-    );
+    let pulled = puller.cri_pull(big.reference());
+    assert!(pulled.is_ok(), "pull failed: {pulled:?}\n{}", d2.log_tail());
+    // Not one byte of the corrupt layer reached containerd from Shoal; the registry served it.
+    let layer_size = big.layers().last().unwrap().1 as f64;
+    assert!(d2.metric("shoal_mirror_bytes_total", &["source=\"peer\""]) < layer_size);
+    assert!(rig.registry().access_log().contains(&layer.to_string()));
     let bytes = std::fs::read(puller.blob_path(&layer)).expect("layer committed");
     assert_eq!(shoal_oci::Digest::sha256_of(&bytes), layer);
     assert!(

@@ -4,6 +4,7 @@
 //! stalls stalls the kubelet's pull. The defaults favour a fast 404 (containerd then falls back
 //! upstream silently) over waiting for a slow peer.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use shoal_oci::Allowlist;
@@ -29,17 +30,26 @@ pub struct MirrorConfig {
     pub idle_timeout: Duration,
     /// Start a second (hedged) peer request if the first has not answered within this time.
     pub hedge_after: Duration,
-    /// Blobs up to this size (and every manifest) are buffered and verified before answering,
-    /// so a corrupt peer is skipped transparently within the same request.
+    /// Blobs up to this size (and every manifest) are buffered in memory and verified before
+    /// answering; larger ones go through a spool file in `spool_dir`, verified the same way.
     pub small_blob_threshold: u64,
     /// How long a (peer, digest) pair stays excluded after the peer served bad bytes.
     pub bad_peer_ttl: Duration,
+    /// Where blobs above `small_blob_threshold` fetched from peers are written and verified
+    /// before any byte goes to containerd. Created on demand (mode 0700); leftover spool files
+    /// from an earlier run are removed when the state is built. Not to be shared by two daemons.
+    pub spool_dir: PathBuf,
+    /// Most spooled peer downloads (and their files) alive at once; a request finding none free
+    /// within `first_byte_timeout` is answered 404 so containerd goes upstream.
+    pub max_concurrent_spools: usize,
 }
 
 /// `--resolve-timeout` default.
 pub const DEFAULT_RESOLVE_TIMEOUT: Duration = Duration::from_millis(20);
 /// Default buffering threshold: manifests are capped at 4 MiB by containerd too.
 pub const DEFAULT_SMALL_BLOB_THRESHOLD: u64 = 4 * 1024 * 1024;
+/// Default bound on concurrent spooled downloads.
+pub const DEFAULT_MAX_CONCURRENT_SPOOLS: usize = 8;
 
 impl Default for MirrorConfig {
     fn default() -> Self {
@@ -55,6 +65,8 @@ impl Default for MirrorConfig {
             hedge_after: Duration::from_millis(300),
             small_blob_threshold: DEFAULT_SMALL_BLOB_THRESHOLD,
             bad_peer_ttl: Duration::from_secs(600),
+            spool_dir: std::env::temp_dir().join("shoal-spool"),
+            max_concurrent_spools: DEFAULT_MAX_CONCURRENT_SPOOLS,
         }
     }
 }

@@ -15,15 +15,17 @@ pub enum FetchEventKind {
     Local,
     /// No provider answered within the resolve timeout (fast miss).
     Miss,
-    /// A peer request opened; bytes start flowing from `offset`.
+    /// A peer request opened; bytes start arriving from `offset`.
     PeerOpened { offset: u64 },
     /// A peer request failed (connect, status, timeout, broken stream) at `offset`.
     PeerFailed { offset: u64, reason: String },
-    /// The bytes did not hash to the digest; the listed peers were marked bad for it.
+    /// The bytes did not hash to the digest; the listed peers were marked bad for it and the
+    /// bytes discarded (never sent).
     DigestMismatch { peers: Vec<String> },
-    /// The whole blob passed verification; `bytes` were sent to the client.
+    /// The whole blob (`bytes` long) passed verification; only now may it be sent.
     Verified { bytes: u64 },
-    /// Every attempt failed; the response was refused or aborted.
+    /// Every attempt failed (or the blob could not be spooled); the request was answered 404
+    /// with nothing sent.
     GaveUp { reason: String },
 }
 

@@ -8,37 +8,43 @@
 //!
 //! # Verification design
 //!
-//! containerd commits whatever a mirror sends if its length matches, and a blob that then fails
-//! its digest fails the pull outright with no fallback (notes §4.3). So no response built from
-//! peer bytes may complete cleanly unless those bytes hash to the digest:
+//! Rule: **containerd never receives a byte from a peer before the whole blob has been
+//! verified.** containerd commits whatever a mirror sends if its length matches, and a blob
+//! that then fails its digest fails the pull outright (notes §4.3). Cutting a corrupt body off
+//! at its end is not enough either: containerd 1.6's HTTP reader reconnects after an
+//! unexpected EOF with `Range: bytes=<offset>-`, trying its hosts in order, so the upstream
+//! registry supplies the correct suffix, containerd stitches it onto the corrupt prefix it
+//! already wrote, the commit fails with "unexpected commit digest", and that complete-but-wrong
+//! ingest then fails every later pull of the image at once. Hence:
 //!
-//! * **Small blobs and every manifest** (up to `small_blob_threshold`, 4 MiB): fetched whole,
-//!   verified, and only then answered. A corrupt or broken peer is skipped for the next
-//!   provider inside the same request; containerd never notices.
-//! * **Large blobs** stream while being hashed ([`stream`]): the piece completing the response
-//!   is held back until the digest is verified; on mismatch the body ends with an error, hyper
-//!   resets the connection, and containerd sees a short body (never a complete one). The
-//!   (peer, digest) pairs that contributed are excluded for `bad_peer_ttl`.
-//! * **Broken transfers** continue from the next provider with `Range: bytes=<offset>-` inside
-//!   the same response, with the same hasher; bounded by `max_attempts`.
+//! * **Small blobs and every manifest** (up to `small_blob_threshold`, 4 MiB): fetched whole
+//!   into memory, verified, and only then answered.
+//! * **Large blobs** are downloaded into a spool file in `spool_dir`, hashed as they arrive,
+//!   and answered (200, or 206 for a client `Range`, with `Content-Length`) from the verified
+//!   file only ([`download`], [`spool`]). The latency added is about the transfer and hash time
+//!   of the blob; spooling is bounded by `max_concurrent_spools` and by the free space of the
+//!   spool directory.
+//! * **Broken transfers** (error, early end, stall) continue from the next provider with
+//!   `Range: bytes=<offset>-`, keeping the hash state; a **digest mismatch** marks the
+//!   contributing peers bad for `bad_peer_ttl` and starts over from the next provider. All of
+//!   it happens before the response and is bounded by `max_attempts`.
+//! * **When nothing verifies** (every provider failed, mismatch with no good provider left, no
+//!   spool slot or space): 404, with nothing sent, so containerd fetches from upstream cleanly.
 //! * **Resumed downloads** (`Range: bytes=N-` from containerd) of a blob not held locally are
-//!   fetched from offset 0 and the first N bytes are hashed and dropped, so the digest still
-//!   covers every byte; the cost is re-reading N bytes from a peer.
+//!   served from the verified spool file: the whole blob is fetched from peers and checked,
+//!   then the suffix is sent.
 //! * **Tags** resolved through peers are verified against the `Docker-Content-Digest` the peer
 //!   announces. A lying peer could still point a tag at another valid manifest: tag resolution
 //!   trusts peers inside the PSK-closed cluster, which is why it can be turned off
 //!   (`resolve_tags`) and why the mutable `latest` is opt-in (`resolve_latest`).
 //!
-//! Limits: a corrupt large blob is detected only at its end, so that one containerd fetch
-//! fails (kubelet retries; the retry avoids the marked peer). containerd keeps the partial
-//! ingest of that failed fetch and may resume it with `Range`; the prefix it holds came from
-//! the bad peer, so that commit can fail too until containerd discards the ingest. Peers only
-//! serve what their own containerd verified on commit, so this needs a faulty or hostile node.
-//! Local content is not re-hashed (see [`serve`]).
+//! HEAD answers for peer blobs carry the size and digest the peer announced; they send no
+//! content. Local content is not re-hashed (see [`serve`]): containerd verified it on commit.
 
 mod bad_peers;
 mod client;
 mod config;
+mod download;
 mod error;
 mod events;
 mod fetch;
@@ -47,11 +53,14 @@ mod peer_auth;
 mod routes;
 mod serve;
 mod source;
+mod spool;
 mod state;
-mod stream;
 
 pub use client::DIGEST_HEADER;
-pub use config::{DEFAULT_RESOLVE_TIMEOUT, DEFAULT_SMALL_BLOB_THRESHOLD, MirrorConfig};
+pub use config::{
+    DEFAULT_MAX_CONCURRENT_SPOOLS, DEFAULT_RESOLVE_TIMEOUT, DEFAULT_SMALL_BLOB_THRESHOLD,
+    MirrorConfig,
+};
 pub use error::MirrorError;
 pub use events::{EventLog, EventSink, FetchEvent, FetchEventKind, NoEvents};
 pub use metrics::{Metrics, Readiness, Source, metrics_router};

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Method, StatusCode, header};
@@ -23,6 +22,7 @@ use shoal_oci::{
 use tracing::{Instrument, field};
 
 use crate::client::PeerPath;
+use crate::download;
 use crate::error::MirrorError;
 use crate::events::FetchEventKind;
 use crate::fetch::{Fetch, GaveUp, Pool};
@@ -30,8 +30,8 @@ use crate::metrics::Source;
 use crate::peer_auth::PeerCheck;
 use crate::serve::{self, Meta};
 use crate::source::{BlobInfo, Provider};
+use crate::spool::SpoolError;
 use crate::state::{MirrorState, Shared};
-use crate::stream::VerifiedBody;
 
 type Served = Result<(Response, Source), MirrorError>;
 
@@ -258,12 +258,34 @@ async fn blob(shared: &Arc<Shared>, ask: &Ask, repository: Repository, digest: D
         meta.size = bytes.len() as u64;
         return Ok((serve::buffered(&meta, ask.range, bytes)?, Source::Peer));
     }
+    // Large blob: download whole into a spool file and verify before sending anything (see
+    // `download` for why). A client `Range` is served from the verified file.
     let w = serve::window(ask.range, opened.size)?;
-    let body = VerifiedBody::new(f, digest, opened, w.start, w.end);
-    Ok((
-        serve::streamed(&meta, w, Body::from_stream(body.into_stream())),
-        Source::Peer,
-    ))
+    let key = f.key.clone();
+    let not_spooled = |e: SpoolError| {
+        tracing::warn!(digest = %digest, size = meta.size, error = %e, "cannot spool the blob; answering 404");
+        shared.event(
+            &key,
+            None,
+            FetchEventKind::GaveUp {
+                reason: e.to_string(),
+            },
+        );
+        MirrorError::BlobUnknown(format!("{digest} (not spooled: {e})"))
+    };
+    let mut file = shared
+        .spool
+        .create(meta.size, digest.algorithm(), shared.cfg.first_byte_timeout)
+        .await
+        .map_err(not_spooled)?;
+    download::download(&mut f, &digest, opened, &mut file)
+        .await
+        .map_err(gave_up)?;
+    let body = file
+        .into_body(w.start, w.end - w.start, shared.metrics.clone())
+        .await
+        .map_err(|e| not_spooled(e.into()))?;
+    Ok((serve::streamed(&meta, w, body), Source::Peer))
 }
 
 async fn local_blob(shared: &Arc<Shared>, ask: &Ask, digest: Digest, info: BlobInfo) -> Served {

@@ -11,6 +11,7 @@ use crate::events::{EventSink, FetchEvent, FetchEventKind, NoEvents};
 use crate::metrics::Metrics;
 use crate::peer_auth::{HeaderMarker, PeerAuth};
 use crate::source::{LocalStore, Providers};
+use crate::spool::Spool;
 
 /// Why the mirror state could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,7 @@ pub(crate) struct Shared {
     pub bad: BadPeers,
     pub metrics: Metrics,
     pub events: Arc<dyn EventSink>,
+    pub spool: Spool,
 }
 
 impl Shared {
@@ -122,6 +124,22 @@ impl MirrorStateBuilder {
         if self.cfg.max_attempts == 0 {
             return Err(BuildError::Config("max_attempts must be at least 1"));
         }
+        if self.cfg.max_concurrent_spools == 0 {
+            return Err(BuildError::Config(
+                "max_concurrent_spools must be at least 1",
+            ));
+        }
+        let spool = Spool::new(self.cfg.spool_dir.clone(), self.cfg.max_concurrent_spools);
+        // Not fatal: spooling creates and checks the directory again on every use.
+        match spool.clean_stale() {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(dir = %self.cfg.spool_dir.display(), files = n, "removed stale spool files");
+            }
+            Err(e) => {
+                tracing::warn!(dir = %self.cfg.spool_dir.display(), error = %e, "cannot clean the spool directory");
+            }
+        }
         let auth = self.auth.unwrap_or_else(|| Arc::new(HeaderMarker));
         let client = PeerClient::new(
             self.cfg.connect_timeout,
@@ -137,6 +155,7 @@ impl MirrorStateBuilder {
             client,
             metrics: self.metrics.unwrap_or_default(),
             events: self.events.unwrap_or_else(|| Arc::new(NoEvents)),
+            spool,
         })))
     }
 }

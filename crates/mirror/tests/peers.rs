@@ -13,7 +13,7 @@ use shoal_oci::{Key, TagKey};
 
 const BIG: usize = 300 * 1024;
 
-/// A config with a 64 KiB small-blob threshold so BIG takes the streaming path.
+/// A config with a 64 KiB small-blob threshold so BIG takes the spooled path.
 fn streaming() -> MirrorConfig {
     MirrorConfig {
         small_blob_threshold: 64 * 1024,
@@ -21,16 +21,42 @@ fn streaming() -> MirrorConfig {
     }
 }
 
-fn client(
-    cfg: MirrorConfig,
-    prov: &Arc<FakeProviders>,
-) -> (axum::Router, MirrorState, Arc<EventLog>) {
+struct Client {
+    r: axum::Router,
+    st: MirrorState,
+    log: Arc<EventLog>,
+    spool: tempfile::TempDir,
+}
+
+impl Client {
+    /// Spool files present now.
+    fn spooled(&self) -> usize {
+        spool_files(&self.spool.path().join("spool"))
+    }
+}
+
+/// A mirror with its own spool directory and event log, asking `prov` for providers.
+fn client(cfg: MirrorConfig, prov: &Arc<FakeProviders>) -> Client {
+    let spool = spool_dir();
+    let cfg = MirrorConfig {
+        spool_dir: spool.path().join("spool"),
+        ..cfg
+    };
     let log = Arc::new(EventLog::new(100));
     let st = MirrorState::builder(cfg, Arc::new(MemStore::default()), prov.clone())
         .events(log.clone())
         .build()
         .unwrap();
-    (router(st.clone()), st, log)
+    Client {
+        r: router(st.clone()),
+        st,
+        log,
+        spool,
+    }
+}
+
+fn code(a: &Answer) -> String {
+    a.json()["errors"][0]["code"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]
@@ -61,15 +87,17 @@ async fn good_peer_serves_through_the_real_peer_protocol() {
         addr,
         "peer-a",
     );
-    let (r, st, log) = client(streaming(), &prov);
+    let c = client(streaming(), &prov);
+    let (r, st, log) = (&c.r, &c.st, &c.log);
 
-    let a = send(&r, get(&blob_uri(&dbig))).await;
+    let a = send(r, get(&blob_uri(&dbig))).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.header("content-length"), Some(BIG.to_string().as_str()));
     assert_eq!(a.ok_body().as_ref(), &big[..]);
-    let a = send(&r, get(&blob_uri(&dsmall))).await;
+    let a = send(r, get(&blob_uri(&dsmall))).await;
     assert_eq!(a.ok_body().as_ref(), &small[..]);
     assert_eq!(st.metrics().bytes(Source::Peer), (BIG + 1000) as u64);
+    assert_eq!(c.spooled(), 0, "the spool file is gone after the response");
     assert!(
         log.for_key(&dbig.to_string())
             .iter()
@@ -77,7 +105,7 @@ async fn good_peer_serves_through_the_real_peer_protocol() {
     );
 
     let h = send(
-        &r,
+        r,
         http::Request::head(blob_uri(&dbig))
             .body(Body::empty())
             .unwrap(),
@@ -87,7 +115,7 @@ async fn good_peer_serves_through_the_real_peer_protocol() {
     assert_eq!(h.header("content-length"), Some(BIG.to_string().as_str()));
 
     let a = send(
-        &r,
+        r,
         http::Request::head("/v2/library/test/manifests/v1?ns=docker.io")
             .body(Body::empty())
             .unwrap(),
@@ -103,7 +131,7 @@ async fn good_peer_serves_through_the_real_peer_protocol() {
         Some("application/vnd.oci.image.index.v1+json")
     );
     let a = send(
-        &r,
+        r,
         get(&format!("/v2/library/test/manifests/{dman}?ns=docker.io")),
     )
     .await;
@@ -116,30 +144,85 @@ async fn good_peer_serves_through_the_real_peer_protocol() {
 }
 
 #[tokio::test]
-async fn corrupt_large_blob_never_completes_and_marks_the_peer() {
+async fn corrupt_large_blob_from_the_only_provider_is_a_clean_404() {
     let big = data(BIG, 5);
     let (fake, addr) = fake_peer(&big, Mode::Corrupt).await;
     let prov = Arc::new(FakeProviders::default());
     prov.add(Key::Digest(fake.digest.clone()), addr, "liar");
-    let (r, _, log) = client(streaming(), &prov);
-    let a = send(&r, get(&blob_uri(&fake.digest))).await;
-    assert_eq!(
-        a.status,
-        StatusCode::OK,
-        "headers go out before the end is known"
+    let c = client(streaming(), &prov);
+    let a = send(&c.r, get(&blob_uri(&fake.digest))).await;
+    // Nothing of the blob was sent: containerd falls back upstream from byte 0.
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(code(&a), "BLOB_UNKNOWN");
+    assert!(
+        a.ok_body().len() < 1024,
+        "an error document, not blob bytes"
     );
-    assert!(a.body.is_err(), "a corrupt body must never complete");
     assert!(
         fake.peer_marked.lock().unwrap()[0],
         "requests to peers carry the peer mark"
     );
-    assert!(log.for_key(&fake.digest.to_string()).iter().any(
-        |e| matches!(&e.kind, FetchEventKind::DigestMismatch { peers } if peers == &["liar"])
-    ));
-    // The liar is now excluded for this digest: next time, a fast 404 (fallback upstream).
-    let a = send(&r, get(&blob_uri(&fake.digest))).await;
+    let ev = c.log.for_key(&fake.digest.to_string());
+    assert!(
+        ev.iter().any(
+            |e| matches!(&e.kind, FetchEventKind::DigestMismatch { peers } if peers == &["liar"])
+        ),
+        "{ev:#?}"
+    );
+    assert!(
+        !ev.iter()
+            .any(|e| matches!(e.kind, FetchEventKind::Verified { .. }))
+    );
+    assert_eq!(c.st.metrics().bytes(Source::Peer), 0);
+    assert_eq!(c.spooled(), 0);
+    // The liar is now excluded for this digest: next time, a fast 404 without asking it.
+    let a = send(&c.r, get(&blob_uri(&fake.digest))).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     assert_eq!(fake.ranges.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn corrupt_large_blob_is_replaced_by_the_next_provider_transparently() {
+    let big = data(BIG, 12);
+    let (bad, bad_addr) = fake_peer(&big, Mode::Corrupt).await;
+    let (good, good_addr) = fake_peer(&big, Mode::Good).await;
+    let prov = Arc::new(FakeProviders::default());
+    prov.add(Key::Digest(bad.digest.clone()), bad_addr, "liar");
+    prov.add(Key::Digest(good.digest.clone()), good_addr, "honest");
+    let c = client(streaming(), &prov);
+    let a = send(&c.r, get(&blob_uri(&bad.digest))).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.header("content-length"), Some(BIG.to_string().as_str()));
+    assert_eq!(a.ok_body().as_ref(), &big[..]);
+    assert_eq!(bad.ranges.lock().unwrap().clone(), [None]);
+    assert_eq!(
+        good.ranges.lock().unwrap().clone(),
+        [None],
+        "after a mismatch the blob starts over from byte 0"
+    );
+    let kinds: Vec<_> = c
+        .log
+        .for_key(&bad.digest.to_string())
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    let mismatch = kinds
+        .iter()
+        .position(|k| matches!(k, FetchEventKind::DigestMismatch { peers } if peers == &["liar"]));
+    let verified = kinds
+        .iter()
+        .position(|k| *k == FetchEventKind::Verified { bytes: BIG as u64 });
+    assert!(
+        matches!((mismatch, verified), (Some(m), Some(v)) if m < v),
+        "{kinds:#?}"
+    );
+    assert_eq!(c.st.metrics().bytes(Source::Peer), BIG as u64);
+    assert_eq!(c.spooled(), 0);
+    // Next time only the honest peer is asked.
+    let a = send(&c.r, get(&blob_uri(&bad.digest))).await;
+    assert_eq!(a.ok_body().as_ref(), &big[..]);
+    assert_eq!(bad.ranges.lock().unwrap().len(), 1);
+    assert_eq!(good.ranges.lock().unwrap().len(), 2);
 }
 
 #[tokio::test]
@@ -150,10 +233,11 @@ async fn corrupt_small_blob_is_skipped_for_the_next_provider() {
     let prov = Arc::new(FakeProviders::default());
     prov.add(Key::Digest(bad.digest.clone()), bad_addr, "liar");
     prov.add(Key::Digest(good.digest.clone()), good_addr, "honest");
-    let (r, _, _) = client(config(), &prov);
-    let a = send(&r, get(&blob_uri(&bad.digest))).await;
+    let c = client(config(), &prov);
+    let a = send(&c.r, get(&blob_uri(&bad.digest))).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.ok_body().as_ref(), &small[..]);
+    assert_eq!(c.spooled(), 0, "small blobs are never spooled");
     assert_eq!(bad.ranges.lock().unwrap().len(), 1);
     assert_eq!(good.ranges.lock().unwrap().len(), 1);
 }
@@ -166,10 +250,12 @@ async fn broken_transfer_continues_at_the_exact_offset() {
     let prov = Arc::new(FakeProviders::default());
     prov.add(Key::Digest(dying.digest.clone()), dying_addr, "dying");
     prov.add(Key::Digest(good.digest.clone()), good_addr, "good");
-    let (r, _, log) = client(streaming(), &prov);
-    let a = send(&r, get(&blob_uri(&dying.digest))).await;
+    let c = client(streaming(), &prov);
+    let log = &c.log;
+    let a = send(&c.r, get(&blob_uri(&dying.digest))).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.ok_body().as_ref(), &big[..], "full body, verified");
+    assert_eq!(c.spooled(), 0);
     let ranges = good.ranges.lock().unwrap().clone();
     assert_eq!(ranges.len(), 1);
     let ev = log.for_key(&dying.digest.to_string());
@@ -199,9 +285,9 @@ async fn stalled_transfer_fails_over_after_the_idle_timeout() {
     let prov = Arc::new(FakeProviders::default());
     prov.add(Key::Digest(stall.digest.clone()), stall_addr, "stall");
     prov.add(Key::Digest(stall.digest.clone()), good_addr, "good");
-    let (r, _, _) = client(streaming(), &prov);
+    let c = client(streaming(), &prov);
     let t = Instant::now();
-    let a = send(&r, get(&blob_uri(&stall.digest))).await;
+    let a = send(&c.r, get(&blob_uri(&stall.digest))).await;
     assert_eq!(a.ok_body().as_ref(), &big[..]);
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 }
@@ -218,42 +304,49 @@ async fn hanging_peers_are_bounded_by_timeouts() {
         max_attempts: 2,
         ..streaming()
     };
-    let (r, _, _) = client(cfg, &prov);
+    let c = client(cfg, &prov);
     let t = Instant::now();
-    let a = send(&r, get(&blob_uri(&h1.digest))).await;
+    let a = send(&c.r, get(&blob_uri(&h1.digest))).await;
     let took = t.elapsed();
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     // Two hedged attempts of at most connect+first-byte (700 ms) each, overlapping.
     assert!(took < Duration::from_millis(1500), "took {took:?}");
 
-    // Hang after headers with no other provider: the body must fail, not hang.
+    // Stall after headers with no other provider: a 404 after the idle timeout (nothing was
+    // sent), not a hang.
     let (s, sa) = fake_peer(&big, Mode::StallAfter(8 * 1024)).await;
     let prov = Arc::new(FakeProviders::default());
     prov.add(Key::Digest(s.digest.clone()), sa, "stall");
-    let (r, _, _) = client(streaming(), &prov);
+    let c = client(streaming(), &prov);
     let t = Instant::now();
-    let a = send(&r, get(&blob_uri(&s.digest))).await;
-    assert!(a.body.is_err());
+    let a = send(&c.r, get(&blob_uri(&s.digest))).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(code(&a), "BLOB_UNKNOWN");
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_eq!(c.spooled(), 0);
 }
 
 #[tokio::test]
-async fn resumed_download_is_fetched_whole_and_verified() {
+async fn client_range_is_served_from_the_verified_blob() {
     let big = data(BIG, 10);
     let (good, addr) = fake_peer(&big, Mode::Good).await;
     let prov = Arc::new(FakeProviders::default());
     prov.add(Key::Digest(good.digest.clone()), addr, "good");
-    let (r, _, _) = client(streaming(), &prov);
+    let c = client(streaming(), &prov);
     let n = 200_000;
     let req = http::Request::get(blob_uri(&good.digest))
         .header("range", format!("bytes={n}-"))
         .body(Body::empty())
         .unwrap();
-    let a = send(&r, req).await;
+    let a = send(&c.r, req).await;
     assert_eq!(a.status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(
         a.header("content-range"),
         Some(format!("bytes {n}-{}/{BIG}", BIG - 1).as_str())
+    );
+    assert_eq!(
+        a.header("content-length"),
+        Some((BIG - n).to_string().as_str())
     );
     assert_eq!(a.ok_body().as_ref(), &big[n..]);
     assert_eq!(
@@ -261,21 +354,38 @@ async fn resumed_download_is_fetched_whole_and_verified() {
         None,
         "fetched from 0 so every byte is hashed"
     );
+    assert_eq!(c.st.metrics().bytes(Source::Peer), (BIG - n) as u64);
+    assert_eq!(c.spooled(), 0);
+    // A bounded window in the middle, and a range past the end (416 before any download).
+    let req = http::Request::get(blob_uri(&good.digest))
+        .header("range", "bytes=1000-1999")
+        .body(Body::empty())
+        .unwrap();
+    let a = send(&c.r, req).await;
+    assert_eq!(a.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(a.ok_body().as_ref(), &big[1000..2000]);
+    let req = http::Request::get(blob_uri(&good.digest))
+        .header("range", format!("bytes={BIG}-"))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        send(&c.r, req).await.status,
+        StatusCode::RANGE_NOT_SATISFIABLE
+    );
 
-    // Same with a corrupt peer: the ranged answer fails too.
+    // With a corrupt peer even a window before the corruption is withheld: 404.
     let (bad, bad_addr) = fake_peer(&big, Mode::Corrupt).await;
     let prov = Arc::new(FakeProviders::default());
     prov.add(Key::Digest(bad.digest.clone()), bad_addr, "liar");
-    let (r, _, _) = client(streaming(), &prov);
+    let c = client(streaming(), &prov);
     let req = http::Request::get(blob_uri(&bad.digest))
         .header("range", "bytes=10-20")
         .body(Body::empty())
         .unwrap();
-    let a = send(&r, req).await;
-    assert!(
-        a.body.is_err(),
-        "even a window before the corruption is withheld"
-    );
+    let a = send(&c.r, req).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(code(&a), "BLOB_UNKNOWN");
+    assert_eq!(c.spooled(), 0);
 }
 
 #[tokio::test]
@@ -286,9 +396,9 @@ async fn a_slow_first_provider_is_hedged() {
     let prov = Arc::new(FakeProviders::default());
     prov.add(Key::Digest(good.digest.clone()), hang, "slow");
     prov.add(Key::Digest(good.digest.clone()), good_addr, "fast");
-    let (r, _, _) = client(streaming(), &prov);
+    let c = client(streaming(), &prov);
     let t = Instant::now();
-    let a = send(&r, get(&blob_uri(&good.digest))).await;
+    let a = send(&c.r, get(&blob_uri(&good.digest))).await;
     assert_eq!(a.ok_body().as_ref(), &big[..]);
     // hedge_after is 150 ms; without hedging this would wait for the 700 ms header timeout.
     assert!(

@@ -147,12 +147,27 @@ impl Providers for FakeProviders {
 pub fn config() -> MirrorConfig {
     MirrorConfig {
         allowlist: Allowlist::default(),
+        // Shared by tests that do not look at it; those that do use `spool_dir()`.
+        spool_dir: std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("mirror-spool"),
         connect_timeout: Duration::from_millis(300),
         first_byte_timeout: Duration::from_millis(400),
         idle_timeout: Duration::from_millis(400),
         hedge_after: Duration::from_millis(150),
         ..MirrorConfig::default()
     }
+}
+
+/// A fresh spool directory for one test (removed when dropped).
+pub fn spool_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("spool-test-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap()
+}
+
+/// Files currently in a spool directory (it may not exist yet).
+pub fn spool_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.count())
 }
 
 pub fn state(cfg: MirrorConfig, store: &Arc<MemStore>, prov: &Arc<FakeProviders>) -> MirrorState {
