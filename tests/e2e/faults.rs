@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use shoal_tests::{Daemon, Rig, TestImage};
+use shoal_tests::{Daemon, Rig, TestImage, shoal_cluster};
 
 /// The big image's (only) layer.
 fn big_layer(img: &TestImage) -> shoal_oci::Digest {
@@ -23,12 +23,7 @@ fn a_holder_killed_mid_transfer_hands_over_to_another() {
     let rig = Rig::builder().nodes(3).start();
     let big = TestImage::big();
     rig.registry().push(&big);
-    for n in rig.nodes() {
-        n.configure_shoal();
-    }
-    let d1 = rig.node(0).shoal().start();
-    let d2 = rig.node(1).shoal().bootstrap(&d1).start();
-    let d3 = rig.node(2).shoal().bootstrap(&d1).start();
+    let [d1, d2, d3] = <[Daemon; 3]>::try_from(shoal_cluster(&rig)).unwrap();
     rig.node(0).pull(big.reference()).unwrap();
     rig.node(1).pull(big.reference()).unwrap();
     let layer = big_layer(&big);
@@ -85,11 +80,7 @@ fn a_corrupt_holder_never_gets_its_bytes_committed() {
     let rig = Rig::builder().nodes(2).start();
     let big = TestImage::big();
     rig.registry().push(&big);
-    for n in rig.nodes() {
-        n.configure_shoal();
-    }
-    let d1 = rig.node(0).shoal().start();
-    let d2 = rig.node(1).shoal().bootstrap(&d1).start();
+    let [_d1, d2] = <[Daemon; 2]>::try_from(shoal_cluster(&rig)).unwrap();
     rig.node(0).pull(big.reference()).unwrap();
     let layer = big_layer(&big);
     rig.node(0).corrupt_blob(&layer);

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use shoal_tests::{Daemon, Rig, TestImage};
+use shoal_tests::{Daemon, Rig, TestImage, shoal_cluster};
 
 /// Waits until `daemon` serves `digest` of `img` from a peer, and checks the bytes.
 fn wait_served(daemon: &Daemon, img: &TestImage, digest: &shoal_oci::Digest) {
@@ -48,15 +48,7 @@ fn nodes_pull_through_shoal_with_the_registry_stopped() {
     let big = TestImage::big();
     rig.registry().push(&small);
     rig.registry().push(&big);
-    for n in rig.nodes() {
-        n.configure_shoal();
-    }
-    let d1 = rig.node(0).shoal().start();
-    let d2 = rig.node(1).shoal().bootstrap(&d1).start();
-    let d3 = rig.node(2).shoal().bootstrap(&d1).start();
-    for d in [&d1, &d2, &d3] {
-        d.wait_ready(Duration::from_secs(20));
-    }
+    let [d1, d2, d3] = <[Daemon; 3]>::try_from(shoal_cluster(&rig)).unwrap();
 
     // Node 1 asks its Shoal first; nobody has anything yet, so it falls back to the registry.
     rig.node(0).pull(small.reference()).unwrap();

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use shoal_tests::{Daemon, Node, Rig, TestImage};
+use shoal_tests::{Daemon, Node, Rig, TestImage, shoal_cluster};
 
 enum Via {
     Ctr,
@@ -57,16 +57,8 @@ fn main() -> ExitCode {
     for img in &images {
         rig.registry().push(img);
     }
-    for n in rig.nodes() {
-        n.configure_shoal();
-    }
-    let d1 = rig.node(0).shoal().start();
-    let d2 = rig.node(1).shoal().bootstrap(&d1).start();
-    let d3 = rig.node(2).shoal().bootstrap(&d1).start();
-    let daemons = [&d1, &d2, &d3];
-    for d in daemons {
-        d.wait_ready(Duration::from_secs(20));
-    }
+    let cluster = shoal_cluster(&rig);
+    let (d2, daemons) = (&cluster[1], [&cluster[0], &cluster[1], &cluster[2]]);
     let names: HashMap<String, String> = rig
         .nodes()
         .iter()
@@ -136,7 +128,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    drop((d1, d2, d3));
+    drop(cluster);
     drop(rig);
     println!("\nrig torn down");
     if failed {

@@ -35,10 +35,13 @@ impl Node {
         let content = self.content_dir().display().to_string();
         // Per node: every rig daemon shares the machine's filesystem.
         let admin = self.dir().join("admin.sock").display().to_string();
+        let spool = self.dir().join("spool").display().to_string();
         let args = [
             "daemon",
             "--admin-socket",
             &admin,
+            "--spool-dir",
+            &spool,
             "--containerd-socket",
             &sock,
             "--containerd-content-dir",
@@ -286,6 +289,25 @@ impl Daemon {
     pub fn kill(&self) {
         self.process.kill();
     }
+}
+
+/// The usual cluster: every node of `rig` configured for its local Shoal, a daemon on each
+/// (the first is everyone's bootstrap), all ready. Daemons are in node order.
+pub fn shoal_cluster(rig: &crate::Rig) -> Vec<Daemon> {
+    let mut daemons: Vec<Daemon> = Vec::new();
+    for node in rig.nodes() {
+        node.configure_shoal();
+        let builder = node.shoal();
+        let daemon = match daemons.first() {
+            Some(first) => builder.bootstrap(first).start(),
+            None => builder.start(),
+        };
+        daemons.push(daemon);
+    }
+    for d in &daemons {
+        d.wait_ready(Duration::from_secs(20));
+    }
+    daemons
 }
 
 /// Sum of the samples of `name` whose label set contains every entry of `labels`.

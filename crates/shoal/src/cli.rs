@@ -23,8 +23,23 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the node agent: follow containerd, advertise on the DHT, serve the mirror.
+    Daemon(commands::daemon::Args),
     /// Print what this node's containerd holds and would advertise, per image.
     Content(commands::content::Args),
+    /// Write containerd hosts.toml so allowlisted registries ask Shoal first (non-destructive;
+    /// `--uninstall` restores the original files).
+    Configure(commands::configure::Args),
+    /// The running daemon at a glance: peer id, listeners, containerd, readiness, peers, errors.
+    Status(commands::status::Args),
+    /// Connected peers with address, connection age and latency.
+    Peers(commands::peers::Args),
+    /// Which nodes hold a digest, or each blob of an image.
+    Find(commands::find::Args),
+    /// Where the bytes of recent requests for a digest or image came from, and why.
+    Explain(commands::explain::Args),
+    /// Check this node's containerd and Shoal setup; works without the daemon.
+    Doctor(commands::doctor::Args),
 }
 
 /// Where containerd is and which namespace holds the images.
@@ -92,7 +107,14 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     let result = rt.block_on(async move {
         match cli.command {
+            Command::Daemon(args) => commands::daemon::run(args).await,
             Command::Content(args) => commands::content::run(args).await,
+            Command::Configure(args) => commands::configure::run(args).await,
+            Command::Status(args) => commands::status::run(args).await,
+            Command::Peers(args) => commands::peers::run(args).await,
+            Command::Find(args) => commands::find::run(args).await,
+            Command::Explain(args) => commands::explain::run(args).await,
+            Command::Doctor(args) => commands::doctor::run(args).await,
         }
     });
     match result {
@@ -108,8 +130,15 @@ fn init_tracing(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Logs go to stderr so that stdout stays clean for tables and `--json`.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // `RecentErrors` keeps the last warnings for `shoal status`.
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(crate::admin::recent::RecentErrors)
         .try_init();
 }

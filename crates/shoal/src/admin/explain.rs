@@ -1,0 +1,251 @@
+//! Turning the mirror's fetch event log into "what happened to each request" for `shoal explain`.
+//!
+//! The mirror logs events, not requests: a local hit, a miss, a peer opened or failed at an
+//! offset, a digest mismatch, a verified blob, a give-up. Events of one key are grouped into
+//! requests here: a request ends at a local hit, a miss, a verified blob or a give-up; every
+//! failure before its end is a failover of that request.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use shoal_mirror::{FetchEvent, FetchEventKind};
+
+use super::proto::{Failover, Request};
+use super::{epoch_ms, ms};
+
+/// Groups the events of one key (oldest first) into requests (oldest first). `size` fills in
+/// the byte count of local hits (the event does not carry it); `addrs` maps peer ids to their
+/// mirror address.
+pub fn requests(events: &[FetchEvent], size: u64, addrs: &HashMap<String, String>) -> Vec<Request> {
+    let mut out = Vec::new();
+    let mut open: Option<(SystemTime, Request)> = None;
+    let addr = |p: &str| addrs.get(p).cloned().unwrap_or_default();
+    for ev in events {
+        let peer = ev.peer.clone().unwrap_or_default();
+        match &ev.kind {
+            FetchEventKind::Local => {
+                flush(&mut out, open.take());
+                out.push(Request {
+                    started_at_ms: epoch_ms(ev.at),
+                    source: "local".into(),
+                    bytes: size,
+                    summary: "served from this node's containerd".into(),
+                    ..Request::default()
+                });
+            }
+            FetchEventKind::Miss => {
+                // A miss is the first step's answer: whatever was open before was another request.
+                flush(&mut out, open.take());
+                out.push(Request {
+                    started_at_ms: epoch_ms(ev.at),
+                    source: "miss".into(),
+                    failovers: vec![Failover {
+                        reason_kind: "no-provider".into(),
+                        reason: "no peer announced it within the resolve timeout".into(),
+                        ..Failover::default()
+                    }],
+                    summary: "no peer had it: answered 404, containerd fetched it upstream".into(),
+                    ..Request::default()
+                });
+            }
+            FetchEventKind::PeerOpened { .. } => {
+                let (_, req) = open.get_or_insert_with(|| start(ev.at));
+                req.peer_id = peer.clone();
+                req.peer_addr = addr(&peer);
+            }
+            FetchEventKind::PeerFailed { offset, reason } => {
+                let (_, req) = open.get_or_insert_with(|| start(ev.at));
+                req.failovers.push(Failover {
+                    peer_id: peer.clone(),
+                    reason_kind: reason_kind(reason).into(),
+                    reason: reason.clone(),
+                    offset: *offset,
+                });
+            }
+            FetchEventKind::DigestMismatch { peers } => {
+                let (_, req) = open.get_or_insert_with(|| start(ev.at));
+                req.failovers.push(Failover {
+                    peer_id: peers.join(","),
+                    reason_kind: "digest-mismatch".into(),
+                    reason: "the bytes did not hash to the digest; the peer(s) were marked bad"
+                        .into(),
+                    offset: 0,
+                });
+            }
+            FetchEventKind::Verified { bytes } => {
+                let (started, mut req) = open.take().unwrap_or_else(|| start(ev.at));
+                req.source = "peer".into();
+                req.peer_id = peer.clone();
+                req.peer_addr = addr(&peer);
+                req.bytes = *bytes;
+                req.duration_ms = ms(ev.at.duration_since(started).unwrap_or_default());
+                req.summary = match req.failovers.len() {
+                    0 => format!("served by peer {peer}"),
+                    1 => format!("served by peer {peer} after 1 failover"),
+                    n => format!("served by peer {peer} after {n} failovers"),
+                };
+                out.push(req);
+            }
+            FetchEventKind::GaveUp { reason } => {
+                let (started, mut req) = open.take().unwrap_or_else(|| start(ev.at));
+                req.source = "failed".into();
+                req.duration_ms = ms(ev.at.duration_since(started).unwrap_or_default());
+                req.summary = format!(
+                    "every peer failed ({reason}); containerd fell back upstream or retried"
+                );
+                out.push(req);
+            }
+        }
+    }
+    flush(&mut out, open);
+    out
+}
+
+fn start(at: SystemTime) -> (SystemTime, Request) {
+    (
+        at,
+        Request {
+            started_at_ms: epoch_ms(at),
+            ..Request::default()
+        },
+    )
+}
+
+/// A request whose end was not logged (still streaming, or its end fell out of the log).
+fn flush(out: &mut Vec<Request>, open: Option<(SystemTime, Request)>) {
+    if let Some((_, mut req)) = open {
+        req.source = "in-progress".into();
+        req.summary = "no end recorded yet (still transferring, or the client went away)".into();
+        out.push(req);
+    }
+}
+
+/// Classifies a peer failure message: `timeout`, `peer-died`, `digest-mismatch`, `refused`,
+/// `not-found` or `error`.
+pub fn reason_kind(reason: &str) -> &'static str {
+    let r = reason.to_ascii_lowercase();
+    if r.contains("digest mismatch") || r.contains("failed verification") {
+        "digest-mismatch"
+    } else if r.contains("timed out")
+        || r.contains("timeout")
+        || r.contains("no data for")
+        || r.contains("no response headers")
+    {
+        "timeout"
+    } else if r.contains("refused")
+        || r.contains("unreachable")
+        || r.contains("trying to connect")
+        || r.contains("connect error")
+    {
+        "refused"
+    } else if r.contains("404") || r.contains("not found") {
+        "not-found"
+    } else if r.contains("broke")
+        || r.contains("ended at")
+        || r.contains("reset")
+        || r.contains("closed")
+        || r.contains("eof")
+    {
+        "peer-died"
+    } else {
+        "error"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn ev(secs: u64, peer: Option<&str>, kind: FetchEventKind) -> FetchEvent {
+        FetchEvent {
+            at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000) + Duration::from_millis(secs),
+            key: "sha256:x".into(),
+            peer: peer.map(str::to_owned),
+            kind,
+        }
+    }
+
+    #[test]
+    fn groups_failover_then_success_into_one_request() {
+        let events = vec![
+            ev(0, Some("A"), FetchEventKind::PeerOpened { offset: 0 }),
+            ev(
+                100,
+                Some("A"),
+                FetchEventKind::PeerFailed {
+                    offset: 4096,
+                    reason: "transfer broke: connection reset".into(),
+                },
+            ),
+            ev(150, Some("B"), FetchEventKind::PeerOpened { offset: 4096 }),
+            ev(400, Some("B"), FetchEventKind::Verified { bytes: 9000 }),
+        ];
+        let addrs = HashMap::from([("B".to_string(), "10.0.0.3:5000".to_string())]);
+        let reqs = requests(&events, 9000, &addrs);
+        assert_eq!(reqs.len(), 1);
+        let r = &reqs[0];
+        assert_eq!(r.source, "peer");
+        assert_eq!(r.peer_id, "B");
+        assert_eq!(r.peer_addr, "10.0.0.3:5000");
+        assert_eq!(r.bytes, 9000);
+        assert_eq!(r.duration_ms, 400);
+        assert_eq!(r.failovers.len(), 1);
+        assert_eq!(r.failovers[0].peer_id, "A");
+        assert_eq!(r.failovers[0].reason_kind, "peer-died");
+        assert_eq!(r.failovers[0].offset, 4096);
+        assert!(r.summary.contains("after 1 failover"), "{}", r.summary);
+    }
+
+    #[test]
+    fn local_miss_mismatch_giveup_and_unfinished() {
+        let events = vec![
+            ev(0, None, FetchEventKind::Local),
+            ev(10, None, FetchEventKind::Miss),
+            ev(20, Some("C"), FetchEventKind::PeerOpened { offset: 0 }),
+            ev(
+                30,
+                Some("C"),
+                FetchEventKind::DigestMismatch {
+                    peers: vec!["C".into()],
+                },
+            ),
+            ev(
+                40,
+                None,
+                FetchEventKind::GaveUp {
+                    reason: "no more providers".into(),
+                },
+            ),
+            ev(50, Some("D"), FetchEventKind::PeerOpened { offset: 0 }),
+        ];
+        let reqs = requests(&events, 123, &HashMap::new());
+        let sources: Vec<&str> = reqs.iter().map(|r| r.source.as_str()).collect();
+        assert_eq!(sources, ["local", "miss", "failed", "in-progress"]);
+        assert_eq!(reqs[0].bytes, 123);
+        assert_eq!(reqs[1].failovers[0].reason_kind, "no-provider");
+        assert_eq!(reqs[2].failovers[0].reason_kind, "digest-mismatch");
+        assert_eq!(reqs[2].duration_ms, 20);
+        assert_eq!(reqs[3].peer_id, "D");
+    }
+
+    #[test]
+    fn classifies_failure_reasons() {
+        assert_eq!(reason_kind("no data for 5s"), "timeout");
+        assert_eq!(reason_kind("operation timed out"), "timeout");
+        assert_eq!(reason_kind("no response headers within 2s"), "timeout");
+        assert_eq!(reason_kind("peer answered 404 Not Found"), "not-found");
+        assert_eq!(
+            reason_kind("error sending request: Connection refused"),
+            "refused"
+        );
+        assert_eq!(reason_kind("body ended at 10 of 20 bytes"), "peer-died");
+        assert_eq!(
+            reason_kind("digest mismatch: expected a, got b"),
+            "digest-mismatch"
+        );
+        assert_eq!(reason_kind("HTTP 404"), "not-found");
+        assert_eq!(reason_kind("weird"), "error");
+    }
+}

@@ -1,0 +1,160 @@
+//! Adapters that give the mirror its two data sources: containerd's content store
+//! ([`ContainerdStore`], a `LocalStore`) and the DHT ([`DhtProviders`], a `Providers`).
+//!
+//! The store only exposes what this node advertises: a digest or tag that is not in the
+//! advertised set (content of a registry outside the allowlist, a private Harbor) is "absent",
+//! so it can never leave the node through the mirror.
+
+use std::collections::HashSet;
+use std::io;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use futures::future::BoxFuture;
+use futures::stream::{self, BoxStream, StreamExt};
+use shoal_containerd::ContentSource;
+use shoal_mirror::{BlobInfo, ByteStream, Descriptor, LocalStore, Provider, Providers};
+use shoal_oci::{Digest, Key, TagKey};
+
+/// The keys this node advertises, shared between the watcher (writer) and the mirror (reader).
+#[derive(Debug, Clone, Default)]
+pub struct Advertised(Arc<RwLock<HashSet<Key>>>);
+
+impl Advertised {
+    pub fn contains(&self, key: &Key) -> bool {
+        self.0.read().map(|s| s.contains(key)).unwrap_or(false)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.read().map(|s| s.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn add(&self, keys: &[Key]) {
+        if let Ok(mut s) = self.0.write() {
+            s.extend(keys.iter().cloned());
+        }
+    }
+
+    pub fn remove(&self, keys: &[Key]) {
+        if let Ok(mut s) = self.0.write() {
+            for k in keys {
+                s.remove(k);
+            }
+        }
+    }
+}
+
+/// containerd's content store, as the mirror sees it. Until containerd has been reached the
+/// store is empty, so the mirror answers fast 404s and containerd falls back upstream.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerdStore {
+    source: Arc<OnceLock<ContentSource>>,
+    advertised: Advertised,
+}
+
+impl ContainerdStore {
+    pub fn new(advertised: Advertised) -> Self {
+        ContainerdStore {
+            source: Arc::new(OnceLock::new()),
+            advertised,
+        }
+    }
+
+    /// Called once the daemon has connected to containerd.
+    pub fn set_source(&self, source: ContentSource) {
+        let _ = self.source.set(source);
+    }
+
+    pub fn source(&self) -> Option<&ContentSource> {
+        self.source.get()
+    }
+}
+
+impl LocalStore for ContainerdStore {
+    fn stat<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Option<BlobInfo>> {
+        Box::pin(async move {
+            let source = self.source.get()?;
+            if !self.advertised.contains(&Key::Digest(digest.clone())) {
+                return None;
+            }
+            match source.stat(digest).await {
+                Ok(size) => size.map(|size| BlobInfo {
+                    size,
+                    media_type: None,
+                }),
+                Err(e) => {
+                    tracing::warn!(digest = %digest, error = %e, "containerd stat failed");
+                    None
+                }
+            }
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        digest: &'a Digest,
+        offset: u64,
+        len: Option<u64>,
+    ) -> BoxFuture<'a, io::Result<ByteStream>> {
+        Box::pin(async move {
+            let source = self
+                .source
+                .get()
+                .ok_or_else(|| io::Error::other("containerd is not connected"))?;
+            let blob = match len {
+                Some(len) => source.read_range(digest, offset, len).await,
+                None => source.read(digest, offset).await,
+            }
+            .map_err(io::Error::other)?;
+            Ok(blob.stream.map(|r| r.map_err(io::Error::other)).boxed())
+        })
+    }
+
+    fn resolve_tag<'a>(&'a self, tag: &'a TagKey) -> BoxFuture<'a, Option<Descriptor>> {
+        Box::pin(async move {
+            let source = self.source.get()?;
+            if !self.advertised.contains(&Key::Tag(tag.clone())) {
+                return None;
+            }
+            match source.resolve_tag(tag).await {
+                Ok(d) => d.map(|d| Descriptor {
+                    digest: d.digest,
+                    media_type: d.media_type,
+                    size: d.size,
+                }),
+                Err(e) => {
+                    tracing::warn!(tag = %tag, error = %e, "containerd tag lookup failed");
+                    None
+                }
+            }
+        })
+    }
+}
+
+/// Providers of a key, from the DHT, as the mirror wants them (peer id and mirror address).
+#[derive(Debug, Clone)]
+pub struct DhtProviders(pub shoal_p2p::Handle);
+
+impl Providers for DhtProviders {
+    fn find(&self, key: &Key) -> BoxStream<'static, Provider> {
+        let handle = self.0.clone();
+        let key = key.clone();
+        stream::once(async move { handle.find_providers(&key).await })
+            .flat_map(|found| match found {
+                Ok(providers) => providers
+                    .map(|p| Provider {
+                        peer: p.peer_id.to_string(),
+                        addr: p.mirror,
+                    })
+                    .boxed(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "DHT lookup could not start");
+                    stream::empty().boxed()
+                }
+            })
+            .boxed()
+    }
+}

@@ -1,0 +1,169 @@
+//! `shoal daemon`: the node agent. Parses flags into a [`DaemonConfig`], starts the [`App`], and
+//! drains on SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::ArgAction;
+use shoal_containerd::WatchConfig;
+use shoal_mirror::MirrorConfig;
+
+use crate::app::{App, DaemonConfig};
+use crate::cli::{ContainerdArgs, RegistryArgs};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub containerd: ContainerdArgs,
+    #[command(flatten)]
+    pub registries: RegistryArgs,
+
+    /// Address of the OCI mirror endpoint containerd and peers pull from.
+    #[arg(long, env = "SHOAL_MIRROR_ADDR", default_value = "0.0.0.0:5000")]
+    pub mirror_addr: SocketAddr,
+
+    /// Address serving /metrics, /healthz and /readyz.
+    #[arg(long, env = "SHOAL_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+
+    /// libp2p listen address (TCP); repeat for IPv4 and IPv6.
+    #[arg(
+        long,
+        env = "SHOAL_P2P_ADDR",
+        default_value = "0.0.0.0:5001",
+        value_delimiter = ','
+    )]
+    pub p2p_addr: Vec<SocketAddr>,
+
+    /// libp2p pre-shared key file (swarm.key format). Nodes without the same key cannot connect.
+    #[arg(long, env = "SHOAL_P2P_PSK_FILE")]
+    pub p2p_psk_file: Option<PathBuf>,
+
+    /// How to find peers: `static:<multiaddr>`, `dns:<name>[:port]` or `mdns`. Repeatable.
+    #[arg(long, env = "SHOAL_BOOTSTRAP", value_delimiter = ',')]
+    pub bootstrap: Vec<shoal_p2p::Bootstrap>,
+
+    /// Directory for state that should survive restarts (the peer identity).
+    #[arg(long, env = "SHOAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Answer 404 when no peer is found within this time, so containerd falls back upstream.
+    #[arg(long, env = "SHOAL_RESOLVE_TIMEOUT", default_value = "20ms", value_parser = humantime::parse_duration)]
+    pub resolve_timeout: Duration,
+
+    /// Resolve tags (`registry/repo:tag`) through peers.
+    #[arg(long, env = "SHOAL_RESOLVE_TAGS", default_value_t = true, action = ArgAction::Set)]
+    pub resolve_tags: bool,
+
+    /// Also resolve the mutable `latest` tag through peers.
+    #[arg(long, env = "SHOAL_RESOLVE_LATEST", default_value_t = false, action = ArgAction::Set)]
+    pub resolve_latest: bool,
+
+    /// Re-list containerd's content this often (containerd 1.6 sends no event for GC).
+    #[arg(long, env = "SHOAL_RELIST_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub relist_interval: Duration,
+
+    /// Lifetime of DHT provider records; a node that leaves is forgotten within it.
+    #[arg(long, env = "SHOAL_P2P_RECORD_TTL", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub p2p_record_ttl: Duration,
+
+    /// How often provider records are re-published (below the TTL).
+    #[arg(long, env = "SHOAL_P2P_REPROVIDE_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub p2p_reprovide_interval: Duration,
+
+    /// Unix socket of the admin API used by `shoal status|peers|find|explain` (mode 0600).
+    #[arg(long, env = "SHOAL_ADMIN_SOCKET", default_value = crate::admin::DEFAULT_SOCKET)]
+    pub admin_socket: PathBuf,
+
+    /// Where blobs fetched from peers are verified before containerd gets any byte of them.
+    /// Use a disk-backed directory (a tmpfs would hold whole blobs in memory).
+    #[arg(long, env = "SHOAL_SPOOL_DIR", default_value = "/var/lib/shoal/spool")]
+    pub spool_dir: PathBuf,
+
+    /// Peer downloads spooled at once; each holds at most one blob on disk.
+    #[arg(long, env = "SHOAL_MAX_CONCURRENT_SPOOLS", default_value_t = shoal_mirror::DEFAULT_MAX_CONCURRENT_SPOOLS)]
+    pub max_concurrent_spools: usize,
+
+    /// Time in-flight requests get to finish on shutdown.
+    #[arg(long, env = "SHOAL_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl Args {
+    /// Turns flags into the daemon's configuration, reading the PSK file.
+    pub fn into_config(self) -> anyhow::Result<DaemonConfig> {
+        let psk = match &self.p2p_psk_file {
+            Some(path) => Some(shoal_p2p::load_psk(path)?),
+            None => None,
+        };
+        let allowlist = self.registries.allowlist();
+        let p2p = shoal_p2p::Config {
+            listen: self.p2p_addr,
+            mirror_port: self.mirror_addr.port(),
+            psk,
+            bootstrap: self.bootstrap,
+            data_dir: self.data_dir,
+            record_ttl: self.p2p_record_ttl,
+            reprovide_interval: self.p2p_reprovide_interval,
+            ..shoal_p2p::Config::default()
+        };
+        p2p.validate().context("invalid peer-to-peer settings")?;
+        let mirror = MirrorConfig {
+            allowlist: allowlist.clone(),
+            resolve_timeout: self.resolve_timeout,
+            resolve_tags: self.resolve_tags,
+            resolve_latest: self.resolve_latest,
+            spool_dir: self.spool_dir,
+            max_concurrent_spools: self.max_concurrent_spools,
+            ..MirrorConfig::default()
+        };
+        let watch = WatchConfig {
+            relist_interval: self.relist_interval,
+            ..WatchConfig::default()
+        };
+        Ok(DaemonConfig {
+            containerd_socket: self.containerd.containerd_socket,
+            containerd_namespace: self.containerd.containerd_namespace,
+            containerd_content_dir: Some(self.containerd.containerd_content_dir),
+            allowlist,
+            mirror_addr: self.mirror_addr,
+            metrics_addr: self.metrics_addr,
+            mirror,
+            p2p,
+            watch,
+            shutdown_grace: self.shutdown_grace,
+            event_log_capacity: 4096,
+            admin_socket: Some(self.admin_socket),
+        })
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let running = App::start(args.into_config()?).await?;
+    let token = running.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        token.cancel();
+    });
+    running.wait().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the daemon");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! `shoal explain <digest | image-ref>`: what happened to recent requests for a blob, or each
+//! blob of an image, on this node: served locally, by which peer, or missed (containerd went
+//! upstream); bytes, time, and every failover with its reason. From the daemon's bounded
+//! in-memory event log, so only recent requests are known.
+
+use std::process::ExitCode;
+
+use crate::admin::client::{AdminArgs, status_error};
+use crate::admin::proto::{ExplainRequest, ExplainResponse};
+use crate::admin::render::{self, Table};
+use crate::commands::find::short_digest;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A digest (`sha256:…`) or an image reference (`nginx:1.27`).
+    pub target: String,
+
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let mut client = crate::admin::connect(&args.admin.admin_socket).await?;
+    let resp = client
+        .explain(ExplainRequest {
+            target: args.target,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if args.admin.json {
+        render::print_json(&resp)?;
+    } else {
+        print!("{}", text(&resp));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn text(r: &ExplainResponse) -> String {
+    let mut out = String::new();
+    if r.kind == "image" {
+        out.push_str(&format!("{}\n", r.reference));
+    }
+    let mut t = Table::new(&[
+        "ROLE",
+        "BLOB",
+        "WHEN",
+        "SOURCE",
+        "FROM",
+        "BYTES",
+        "TIME",
+        "FAILOVERS",
+    ]);
+    for b in &r.blobs {
+        let blob = if b.role == "tag" {
+            b.key.clone()
+        } else {
+            short_digest(&b.key)
+        };
+        if b.requests.is_empty() {
+            t.row(vec![
+                b.role.clone(),
+                blob,
+                "-".into(),
+                "-".into(),
+                "no request seen by this node's mirror".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ]);
+            continue;
+        }
+        for q in &b.requests {
+            let from = match q.source.as_str() {
+                "local" => "this node".to_owned(),
+                "miss" => "upstream (no peer had it)".to_owned(),
+                "failed" => "upstream (every peer failed)".to_owned(),
+                _ if q.peer_addr.is_empty() => q.peer_id.clone(),
+                _ => format!("{} ({})", q.peer_id, q.peer_addr),
+            };
+            let failovers = if q.failovers.is_empty() || q.source == "miss" {
+                "-".to_owned()
+            } else {
+                q.failovers
+                    .iter()
+                    .map(|f| format!("{} {}: {}", f.peer_id, f.reason_kind, f.reason))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            t.row(vec![
+                b.role.clone(),
+                blob.clone(),
+                render::timestamp(q.started_at_ms),
+                q.source.clone(),
+                from,
+                if q.bytes == 0 {
+                    "-".into()
+                } else {
+                    render::bytes(q.bytes)
+                },
+                if q.source == "peer" || q.source == "failed" {
+                    render::age_ms(q.duration_ms)
+                } else {
+                    "-".into()
+                },
+                failovers,
+            ]);
+        }
+    }
+    out.push_str(&t.render());
+    out.push_str(&format!(
+        "({} events in the log, capacity {}; older requests are forgotten)\n",
+        r.log_events, r.log_capacity
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::proto::{BlobExplanation, Failover, Request};
+
+    fn sample() -> ExplainResponse {
+        ExplainResponse {
+            target: "shoal-small:v1".into(),
+            kind: "image".into(),
+            reference: "docker.io/library/shoal-small:v1".into(),
+            blobs: vec![
+                BlobExplanation {
+                    key: format!("sha256:{}", "c".repeat(64)),
+                    role: "layer".into(),
+                    size: 1_051_286,
+                    requests: vec![Request {
+                        started_at_ms: 0,
+                        source: "peer".into(),
+                        peer_id: "P1".into(),
+                        peer_addr: "10.0.0.2:5000".into(),
+                        bytes: 1_051_286,
+                        duration_ms: 35,
+                        failovers: vec![Failover {
+                            peer_id: "P3".into(),
+                            reason_kind: "timeout".into(),
+                            reason: "no data for 5s".into(),
+                            offset: 0,
+                        }],
+                        summary: "served by peer P1 after 1 failover".into(),
+                    }],
+                },
+                BlobExplanation {
+                    key: format!("sha256:{}", "d".repeat(64)),
+                    role: "config".into(),
+                    size: 401,
+                    requests: vec![],
+                },
+            ],
+            log_events: 9,
+            log_capacity: 4096,
+        }
+    }
+
+    #[test]
+    fn json_shape() {
+        let v = serde_json::to_value(sample()).unwrap();
+        let q = &v["blobs"][0]["requests"][0];
+        assert_eq!(q["source"], "peer");
+        assert_eq!(q["peer_id"], "P1");
+        assert_eq!(q["bytes"], 1_051_286);
+        assert_eq!(q["duration_ms"], 35);
+        assert_eq!(q["failovers"][0]["reason_kind"], "timeout");
+        assert_eq!(v["blobs"][1]["requests"].as_array().unwrap().len(), 0);
+        assert_eq!(v["log_capacity"], 4096);
+    }
+
+    #[test]
+    fn table_names_source_and_failovers() {
+        let t = text(&sample());
+        assert!(
+            t.contains(
+                "layer   sha256:cccccccccccc…  1970-01-01T00:00:00Z  peer    P1 (10.0.0.2:5000)"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("P3 timeout: no data for 5s"), "{t}");
+        assert!(t.contains("no request seen by this node's mirror"), "{t}");
+        assert!(
+            t.ends_with("(9 events in the log, capacity 4096; older requests are forgotten)\n")
+        );
+    }
+}
