@@ -28,7 +28,14 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
 /// `curl` inside the node's namespace, one transfer per URL over one connection; returns
 /// (seconds, bytes) per transfer.
 fn curl_times(node: &Node, urls: &[String]) -> Vec<(f64, u64)> {
-    let mut argv = vec!["curl", "-s", "-o", "/dev/null", "-w", "%{time_total} %{size_download}\n"];
+    let mut argv = vec![
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{time_total} %{size_download}\n",
+    ];
     for u in urls {
         argv.push(u);
     }
@@ -98,10 +105,16 @@ fn main() {
     let urls: Vec<String> = (0..500u32)
         .map(|i| {
             let d = shoal_oci::Digest::sha256_of(&i.to_be_bytes());
-            format!("{}/v2/library/absent/blobs/{d}?ns=docker.io", d2.local_mirror_url())
+            format!(
+                "{}/v2/library/absent/blobs/{d}?ns=docker.io",
+                d2.local_mirror_url()
+            )
         })
         .collect();
-    let misses: Vec<f64> = curl_times(puller, &urls).into_iter().map(|(t, _)| t * 1e3).collect();
+    let misses: Vec<f64> = curl_times(puller, &urls)
+        .into_iter()
+        .map(|(t, _)| t * 1e3)
+        .collect();
     assert_eq!(misses.len(), urls.len(), "every miss answered");
 
     // Holder gets the images straight from the registry.
@@ -112,7 +125,11 @@ fn main() {
 
     // 2. 1 GiB blob: through Shoal (peer → peer) vs straight from the registry, alternating.
     let via_shoal = d2.blob_url(&huge, &layer);
-    let direct = format!("{}/v2/{}/blobs/{layer}", rig.registry().url(), huge.repository());
+    let direct = format!(
+        "{}/v2/{}/blobs/{layer}",
+        rig.registry().url(),
+        huge.repository()
+    );
     let mut shoal_s = Vec::new();
     let mut registry_s = Vec::new();
     let mut peak_rss = 0;
@@ -140,7 +157,12 @@ fn main() {
         let out = std::process::Command::new(shoal_tests::shoal_bin())
             .args(["configure", "--uninstall", "--hosts-dir"])
             .arg(&via_hosts)
-            .args(["--mirror", "http://127.0.0.1:5000", "--registries", "docker.io,ghcr.io"])
+            .args([
+                "--mirror",
+                "http://127.0.0.1:5000",
+                "--registries",
+                "docker.io,ghcr.io",
+            ])
             .output()
             .unwrap();
         assert!(out.status.success());

@@ -37,7 +37,9 @@ pub use node::Node;
 pub use process::Process;
 pub use registry::Registry;
 pub use rig::{Rig, RigBuilder};
-pub use shoal::{Daemon, DaemonBuilder, METRICS_PORT, MIRROR_PORT, P2P_PORT, metric_sum, shoal_cluster};
+pub use shoal::{
+    Daemon, DaemonBuilder, METRICS_PORT, MIRROR_PORT, P2P_PORT, metric_sum, shoal_cluster,
+};
 
 /// Tools the rig runs, with the Debian package providing each.
 const TOOLS: [(&str, &str); 7] = [
