@@ -536,7 +536,7 @@ impl<'a> Run<'a> {
                 let offset = job.start + job.written();
                 self.failures += 1;
                 self.in_use -= 1;
-                tracing::warn!(key = %self.fetch.key, peer = %peer.peer, offset, %reason, "peer range failed; its rest goes to another peer");
+                tracing::warn!(key = %self.fetch.key, peer = %peer.peer, offset, %reason, "peer range failed; continuing its rest from another peer");
                 self.shared.event(
                     &self.fetch.key,
                     Some(&peer.peer),
