@@ -6,5 +6,6 @@ mod configure;
 mod content;
 mod deploy;
 mod faults;
+mod multi;
 mod p2p;
 mod rig;

@@ -143,20 +143,70 @@ impl PeerClient {
         offset: u64,
         size: Option<u64>,
     ) -> Result<Opened, OpenError> {
+        self.request(method, provider, registry, path, offset, None, size)
+            .await
+    }
+
+    /// GET the bytes `[start, end)` of a blob of known `size` with `Range: bytes=start-(end-1)`;
+    /// only a 206 with exactly that `Content-Range` and length is accepted.
+    pub(crate) async fn open_range(
+        &self,
+        provider: Provider,
+        registry: &str,
+        path: &PeerPath,
+        start: u64,
+        end: u64,
+        size: u64,
+    ) -> Result<Opened, OpenError> {
+        if start >= end || end > size {
+            return Err(OpenError::Invalid(format!(
+                "empty or out-of-bounds range {start}-{end} of {size}"
+            )));
+        }
+        self.request(
+            Method::GET,
+            provider,
+            registry,
+            path,
+            start,
+            Some(end),
+            Some(size),
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn request(
+        &self,
+        method: Method,
+        provider: Provider,
+        registry: &str,
+        path: &PeerPath,
+        offset: u64,
+        end: Option<u64>,
+        size: Option<u64>,
+    ) -> Result<Opened, OpenError> {
         let pq = path.path_and_query(registry);
         let url = format!("http://{}{pq}", provider.addr);
         let mut req = self.http.request(method.clone(), url);
         for (k, v) in self.auth.sign(&method, &pq) {
             req = req.header(k, v);
         }
-        if offset > 0 {
-            req = req.header(header::RANGE, format!("bytes={offset}-"));
+        let ranged = offset > 0 || end.is_some();
+        match end {
+            Some(end) => {
+                req = req.header(header::RANGE, format!("bytes={offset}-{}", end - 1));
+            }
+            None if offset > 0 => {
+                req = req.header(header::RANGE, format!("bytes={offset}-"));
+            }
+            None => {}
         }
         let resp = tokio::time::timeout(self.headers_timeout, req.send())
             .await
             .map_err(|_| OpenError::Timeout(self.headers_timeout))??;
         let status = resp.status();
-        let expected_status = if offset > 0 {
+        let expected_status = if ranged {
             StatusCode::PARTIAL_CONTENT
         } else {
             StatusCode::OK
@@ -188,21 +238,22 @@ impl PeerClient {
                 "a tag answer without Docker-Content-Digest cannot be verified".into(),
             ));
         }
-        let total = if offset > 0 {
-            // The only acceptable answer to `bytes=offset-` of a blob of known size.
+        let total = if ranged {
+            // The only acceptable answer to `bytes=offset-[end-1]` of a blob of known size.
             let size =
                 size.ok_or_else(|| OpenError::Invalid("continuation without size".into()))?;
+            let end = end.unwrap_or(size);
             let want = ByteRange {
                 start: offset,
-                end_inclusive: size.saturating_sub(1),
+                end_inclusive: end.saturating_sub(1),
             }
             .content_range(size);
             if text(header::CONTENT_RANGE.as_str()).as_deref() != Some(want.as_str())
-                || length != size - offset
+                || length != end - offset
             {
                 return Err(OpenError::Invalid(format!(
                     "expected Content-Range {want:?} and length {}",
-                    size - offset
+                    end - offset
                 )));
             }
             size

@@ -156,7 +156,7 @@ async fn pump(
     }
 }
 
-fn disk_failed(fetch: &Fetch, e: std::io::Error) -> GaveUp {
+pub(crate) fn disk_failed(fetch: &Fetch, e: std::io::Error) -> GaveUp {
     let reason = format!("spool file failed: {e}");
     tracing::error!(key = %fetch.key, %reason, "cannot spool the blob; answering 404");
     fetch.shared.event(

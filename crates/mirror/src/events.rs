@@ -22,6 +22,10 @@ pub enum FetchEventKind {
     /// The bytes did not hash to the digest; the listed peers were marked bad for it and the
     /// bytes discarded (never sent).
     DigestMismatch { peers: Vec<String> },
+    /// Multi-peer download: the event's peer wrote these byte spans (`[start, end)`, merged,
+    /// in order; `bytes` is their total) of the blob that then verified. One event per
+    /// contributing peer, just before `Verified`.
+    Served { bytes: u64, spans: Vec<(u64, u64)> },
     /// The whole blob (`bytes` long) passed verification; only now may it be sent.
     Verified { bytes: u64 },
     /// Every attempt failed (or the blob could not be spooled); the request was answered 404

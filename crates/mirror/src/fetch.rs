@@ -41,6 +41,20 @@ impl Pool {
         }
     }
 
+    /// Make `providers` available again (a later pass may ask them a second time).
+    pub(crate) fn requeue(&mut self, providers: impl IntoIterator<Item = Provider>) {
+        for p in providers {
+            if self.seen.remove(&p.peer) {
+                self.queue.push_back(p);
+            }
+        }
+    }
+
+    /// Has the DHT stream ended (no provider can arrive any more)?
+    pub(crate) fn exhausted(&self) -> bool {
+        self.stream.is_none() && self.queue.is_empty()
+    }
+
     /// The next provider not yet used and not bad for `digest`, waiting at most `wait` for the
     /// DHT to produce one. The wait polls the stream at least once, even when `wait` is zero.
     pub(crate) async fn next(

@@ -24,6 +24,10 @@
 //!   file only ([`download`], [`spool`]). The latency added is about the transfer and hash time
 //!   of the blob; spooling is bounded by `max_concurrent_spools` and by the free space of the
 //!   spool directory.
+//! * **Blobs above `multi_peer_threshold`** (64 MiB) are fetched from up to
+//!   `max_peers_per_blob` providers at once, in `piece_size` ranges written at their offsets
+//!   in the spool file and hashed in order behind the frontier of finished ranges ([`multi`]);
+//!   the verify-before-send rule is unchanged, the spool file is the reorder buffer.
 //! * **Broken transfers** (error, early end, stall) continue from the next provider with
 //!   `Range: bytes=<offset>-`, keeping the hash state; a **digest mismatch** marks the
 //!   contributing peers bad for `bad_peer_ttl` and starts over from the next provider. All of
@@ -49,6 +53,7 @@ mod error;
 mod events;
 mod fetch;
 mod metrics;
+mod multi;
 mod peer_auth;
 mod routes;
 mod serve;
@@ -58,8 +63,8 @@ mod state;
 
 pub use client::DIGEST_HEADER;
 pub use config::{
-    DEFAULT_MAX_CONCURRENT_SPOOLS, DEFAULT_RESOLVE_TIMEOUT, DEFAULT_SMALL_BLOB_THRESHOLD,
-    MirrorConfig,
+    DEFAULT_MAX_CONCURRENT_SPOOLS, DEFAULT_MAX_PEERS_PER_BLOB, DEFAULT_MULTI_PEER_THRESHOLD,
+    DEFAULT_PIECE_SIZE, DEFAULT_RESOLVE_TIMEOUT, DEFAULT_SMALL_BLOB_THRESHOLD, MirrorConfig,
 };
 pub use error::MirrorError;
 pub use events::{EventLog, EventSink, FetchEvent, FetchEventKind, NoEvents};

@@ -27,6 +27,7 @@ use crate::error::MirrorError;
 use crate::events::FetchEventKind;
 use crate::fetch::{Fetch, GaveUp, Pool};
 use crate::metrics::Source;
+use crate::multi;
 use crate::peer_auth::PeerCheck;
 use crate::serve::{self, Meta};
 use crate::source::{BlobInfo, Provider};
@@ -278,9 +279,13 @@ async fn blob(shared: &Arc<Shared>, ask: &Ask, repository: Repository, digest: D
         .create(meta.size, digest.algorithm(), shared.cfg.first_byte_timeout)
         .await
         .map_err(not_spooled)?;
-    download::download(&mut f, &digest, opened, &mut file)
-        .await
-        .map_err(gave_up)?;
+    let cfg = &shared.cfg;
+    if opened.size > cfg.multi_peer_threshold && cfg.max_peers_per_blob > 1 {
+        multi::download(&mut f, &digest, opened, &mut file).await
+    } else {
+        download::download(&mut f, &digest, opened, &mut file).await
+    }
+    .map_err(gave_up)?;
     let body = file
         .into_body(w.start, w.end - w.start, shared.metrics.clone())
         .await

@@ -287,6 +287,26 @@ impl SpoolFile {
         Ok(hasher.finish())
     }
 
+    /// A second descriptor of the file, sized to `size` bytes (sparse), for positional writes
+    /// and reads by a multi-peer download (`multi`), which hashes on its own: the running hash
+    /// of this `SpoolFile` is not used for those bytes. Every user of the returned descriptor
+    /// must have finished before the file is truncated or sent.
+    pub(crate) async fn positional(&mut self, size: u64) -> io::Result<Arc<File>> {
+        self.batch.clear();
+        self.batch_len = 0;
+        self.settle().await?;
+        let (file, hasher) = self.take_held()?;
+        let (file, dup) = tokio::task::spawn_blocking(move || -> io::Result<(File, File)> {
+            file.set_len(size)?;
+            let dup = file.try_clone()?;
+            Ok((file, dup))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.held = Some((file, hasher));
+        Ok(Arc::new(dup))
+    }
+
     /// Drop everything received so far (after a digest mismatch) and start again from byte 0.
     pub(crate) async fn truncate(&mut self) -> io::Result<()> {
         self.batch.clear();

@@ -129,6 +129,12 @@ impl MirrorStateBuilder {
                 "max_concurrent_spools must be at least 1",
             ));
         }
+        if self.cfg.max_peers_per_blob == 0 {
+            return Err(BuildError::Config("max_peers_per_blob must be at least 1"));
+        }
+        if self.cfg.piece_size == 0 {
+            return Err(BuildError::Config("piece_size must be at least 1 byte"));
+        }
         let spool = Spool::new(self.cfg.spool_dir.clone(), self.cfg.max_concurrent_spools);
         // Not fatal: spooling creates and checks the directory again on every use.
         match spool.clean_stale() {

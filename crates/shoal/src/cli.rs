@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the node agent: follow containerd, advertise on the DHT, serve the mirror.
-    Daemon(commands::daemon::Args),
+    Daemon(Box<commands::daemon::Args>),
     /// Print what this node's containerd holds and would advertise, per image.
     Content(commands::content::Args),
     /// Write containerd hosts.toml so allowlisted registries ask Shoal first (non-destructive;
@@ -107,7 +107,7 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     let result = rt.block_on(async move {
         match cli.command {
-            Command::Daemon(args) => commands::daemon::run(args).await,
+            Command::Daemon(args) => commands::daemon::run(*args).await,
             Command::Content(args) => commands::content::run(args).await,
             Command::Configure(args) => commands::configure::run(args).await,
             Command::Status(args) => commands::status::run(args).await,

@@ -242,6 +242,11 @@ pub enum Mode {
     Hang,
     /// Send this many bytes, then stall forever.
     StallAfter(usize),
+    /// Every byte inverted: whatever range it serves is wrong.
+    CorruptAll,
+    /// Serve normally until this many bytes were sent over all requests, then break the
+    /// connection and refuse (503) every later request: a holder that dies mid-download.
+    DieAfterTotal(usize),
 }
 
 /// A fake peer serving one blob; records the `Range` header of every request.
@@ -252,6 +257,10 @@ pub struct FakePeer {
     pub mode: Mode,
     pub ranges: Mutex<Vec<Option<String>>>,
     pub peer_marked: Mutex<Vec<bool>>,
+    /// Bytes per second each response is paced at (`None`: as fast as loopback goes).
+    pub rate: Option<u64>,
+    /// Body bytes sent over all requests.
+    pub sent: AtomicUsize,
 }
 
 async fn fake_handler(State(p): State<Arc<FakePeer>>, req: Request) -> Response {
@@ -268,27 +277,48 @@ async fn fake_handler(State(p): State<Arc<FakePeer>>, req: Request) -> Response 
         return StatusCode::NOT_FOUND.into_response();
     }
     let mut blob = p.blob.to_vec();
-    if let Mode::Corrupt = p.mode {
-        let i = blob.len() - 2;
-        blob[i] ^= 0xff;
+    match p.mode {
+        Mode::Corrupt => {
+            let i = blob.len() - 2;
+            blob[i] ^= 0xff;
+        }
+        Mode::CorruptAll => blob.iter_mut().for_each(|b| *b ^= 0xff),
+        Mode::DieAfterTotal(n) if p.sent.load(Ordering::SeqCst) >= n => {
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+        _ => {}
     }
     let size = blob.len() as u64;
-    let (status, start) = match range.as_deref().map(|r| r.parse::<Range>().unwrap()) {
-        Some(r) => (StatusCode::PARTIAL_CONTENT, r.resolve(size).unwrap().start),
-        None => (StatusCode::OK, 0),
+    let (status, start, end) = match range.as_deref().map(|r| r.parse::<Range>().unwrap()) {
+        Some(r) => {
+            let br = r.resolve(size).unwrap();
+            (StatusCode::PARTIAL_CONTENT, br.start, br.end_inclusive + 1)
+        }
+        None => (StatusCode::OK, 0, size),
     };
     if let Mode::Hang = p.mode {
         futures::future::pending::<()>().await;
     }
-    let part = Bytes::from(blob).slice(start as usize..);
+    let part = Bytes::from(blob).slice(start as usize..end as usize);
     let chunks: Vec<Bytes> = part.chunks(8 * 1024).map(Bytes::copy_from_slice).collect();
     let mode = p.mode;
     let mut sent = 0usize;
+    let peer = p.clone();
     let stream = futures::stream::iter(chunks).then(move |c| {
         let before = sent;
         sent += c.len();
+        let peer = peer.clone();
         async move {
+            if let Some(rate) = peer.rate {
+                let pause = Duration::from_secs_f64(c.len() as f64 / rate as f64);
+                tokio::time::sleep(pause).await;
+            }
+            let total = peer.sent.fetch_add(c.len(), Ordering::SeqCst);
             match mode {
+                Mode::DieAfterTotal(n) if total >= n => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Err(io::Error::other("peer died"))
+                }
                 Mode::DieAfter(n) if before >= n => {
                     // Let hyper flush what was sent before breaking the connection.
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -305,7 +335,7 @@ async fn fake_handler(State(p): State<Arc<FakePeer>>, req: Request) -> Response 
     let mut res = Response::new(Body::from_stream(stream));
     *res.status_mut() = status;
     let h = res.headers_mut();
-    h.insert(header::CONTENT_LENGTH, (size - start).into());
+    h.insert(header::CONTENT_LENGTH, (end - start).into());
     h.insert(
         header::CONTENT_TYPE,
         "application/octet-stream".parse().unwrap(),
@@ -314,8 +344,8 @@ async fn fake_handler(State(p): State<Arc<FakePeer>>, req: Request) -> Response 
         "docker-content-digest",
         p.digest.to_string().parse().unwrap(),
     );
-    if start > 0 {
-        let cr = format!("bytes {start}-{}/{size}", size - 1);
+    if status == StatusCode::PARTIAL_CONTENT {
+        let cr = format!("bytes {start}-{}/{size}", end - 1);
         h.insert(header::CONTENT_RANGE, cr.parse().unwrap());
     }
     res
@@ -332,12 +362,19 @@ pub async fn serve(router: Router) -> SocketAddr {
 }
 
 pub async fn fake_peer(blob: &[u8], mode: Mode) -> (Arc<FakePeer>, SocketAddr) {
+    paced_peer(blob, mode, None).await
+}
+
+/// A fake peer whose responses are paced at `rate` bytes per second.
+pub async fn paced_peer(blob: &[u8], mode: Mode, rate: Option<u64>) -> (Arc<FakePeer>, SocketAddr) {
     let p = Arc::new(FakePeer {
         blob: Bytes::copy_from_slice(blob),
         digest: Digest::sha256_of(blob),
         mode,
         ranges: Mutex::new(vec![]),
         peer_marked: Mutex::new(vec![]),
+        rate,
+        sent: AtomicUsize::new(0),
     });
     let addr = serve(Router::new().fallback(fake_handler).with_state(p.clone())).await;
     (p, addr)

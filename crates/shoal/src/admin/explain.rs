@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use shoal_mirror::{FetchEvent, FetchEventKind};
 
-use super::proto::{Failover, Request};
+use super::proto::{ByteSpan, Failover, PeerBytes, Request};
 use super::{epoch_ms, ms};
 
 /// Groups the events of one key (oldest first) into requests (oldest first). `size` fills in
@@ -64,12 +64,31 @@ pub fn requests(events: &[FetchEvent], size: u64, addrs: &HashMap<String, String
             }
             FetchEventKind::DigestMismatch { peers } => {
                 let (_, req) = open.get_or_insert_with(|| start(ev.at));
+                let reason = if peers.len() > 1 {
+                    "the bytes from several peers did not hash to the digest; fetched again one \
+                     peer at a time"
+                } else {
+                    "the bytes did not hash to the digest; the peer was marked bad"
+                };
                 req.failovers.push(Failover {
                     peer_id: peers.join(","),
                     reason_kind: "digest-mismatch".into(),
-                    reason: "the bytes did not hash to the digest; the peer(s) were marked bad"
-                        .into(),
+                    reason: reason.into(),
                     offset: 0,
+                });
+                // Bytes served before the mismatch were thrown away.
+                req.served_by.clear();
+            }
+            FetchEventKind::Served { bytes, spans } => {
+                let (_, req) = open.get_or_insert_with(|| start(ev.at));
+                req.served_by.push(PeerBytes {
+                    peer_id: peer.clone(),
+                    peer_addr: addr(&peer),
+                    bytes: *bytes,
+                    spans: spans
+                        .iter()
+                        .map(|&(start, end)| ByteSpan { start, end })
+                        .collect(),
                 });
             }
             FetchEventKind::Verified { bytes } => {
@@ -79,10 +98,14 @@ pub fn requests(events: &[FetchEvent], size: u64, addrs: &HashMap<String, String
                 req.peer_addr = addr(&peer);
                 req.bytes = *bytes;
                 req.duration_ms = ms(ev.at.duration_since(started).unwrap_or_default());
+                let by = match req.served_by.len() {
+                    0 | 1 => format!("served by peer {peer}"),
+                    n => format!("served by {n} peers (most by {peer})"),
+                };
                 req.summary = match req.failovers.len() {
-                    0 => format!("served by peer {peer}"),
-                    1 => format!("served by peer {peer} after 1 failover"),
-                    n => format!("served by peer {peer} after {n} failovers"),
+                    0 => by,
+                    1 => format!("{by} after 1 failover"),
+                    n => format!("{by} after {n} failovers"),
                 };
                 out.push(req);
             }
@@ -196,6 +219,50 @@ mod tests {
         assert_eq!(r.failovers[0].reason_kind, "peer-died");
         assert_eq!(r.failovers[0].offset, 4096);
         assert!(r.summary.contains("after 1 failover"), "{}", r.summary);
+    }
+
+    #[test]
+    fn multi_peer_request_lists_bytes_per_peer() {
+        let served = |p: &str, spans: Vec<(u64, u64)>| {
+            let bytes = spans.iter().map(|(s, e)| e - s).sum();
+            ev(300, Some(p), FetchEventKind::Served { bytes, spans })
+        };
+        let events = vec![
+            ev(0, Some("A"), FetchEventKind::PeerOpened { offset: 0 }),
+            ev(
+                100,
+                Some("C"),
+                FetchEventKind::PeerFailed {
+                    offset: 70,
+                    reason: "transfer broke: connection reset".into(),
+                },
+            ),
+            served("A", vec![(0, 50), (80, 100)]),
+            served("B", vec![(50, 64)]),
+            served("C", vec![(64, 80)]),
+            ev(310, Some("A"), FetchEventKind::Verified { bytes: 100 }),
+        ];
+        let addrs = HashMap::from([("B".to_string(), "10.0.0.3:5000".to_string())]);
+        let reqs = requests(&events, 100, &addrs);
+        assert_eq!(reqs.len(), 1);
+        let r = &reqs[0];
+        assert_eq!(r.source, "peer");
+        assert_eq!(r.peer_id, "A");
+        let by: Vec<(&str, u64)> = r
+            .served_by
+            .iter()
+            .map(|p| (p.peer_id.as_str(), p.bytes))
+            .collect();
+        assert_eq!(by, [("A", 70), ("B", 14), ("C", 16)]);
+        assert_eq!(r.served_by[1].peer_addr, "10.0.0.3:5000");
+        assert_eq!(r.served_by[0].spans[1].start, 80);
+        assert_eq!(r.served_by[0].spans[1].end, 100);
+        assert!(
+            r.summary
+                .starts_with("served by 3 peers (most by A) after 1 failover"),
+            "{}",
+            r.summary
+        );
     }
 
     #[test]

@@ -87,6 +87,18 @@ pub struct Args {
     #[arg(long, env = "SHOAL_MAX_CONCURRENT_SPOOLS", default_value_t = shoal_mirror::DEFAULT_MAX_CONCURRENT_SPOOLS)]
     pub max_concurrent_spools: usize,
 
+    /// Blobs larger than this many bytes are fetched from several peers at once, in ranges.
+    #[arg(long, env = "SHOAL_MULTI_PEER_THRESHOLD", default_value_t = shoal_mirror::DEFAULT_MULTI_PEER_THRESHOLD)]
+    pub multi_peer_threshold: u64,
+
+    /// Most peers one blob is fetched from at once (1 turns multi-peer downloads off).
+    #[arg(long, env = "SHOAL_MAX_PEERS_PER_BLOB", default_value_t = shoal_mirror::DEFAULT_MAX_PEERS_PER_BLOB)]
+    pub max_peers_per_blob: usize,
+
+    /// Size in bytes of the ranges a multi-peer download hands out to peers.
+    #[arg(long, env = "SHOAL_PIECE_SIZE", default_value_t = shoal_mirror::DEFAULT_PIECE_SIZE)]
+    pub piece_size: u64,
+
     /// Time in-flight requests get to finish on shutdown.
     #[arg(long, env = "SHOAL_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -118,6 +130,9 @@ impl Args {
             resolve_latest: self.resolve_latest,
             spool_dir: self.spool_dir,
             max_concurrent_spools: self.max_concurrent_spools,
+            multi_peer_threshold: self.multi_peer_threshold,
+            max_peers_per_blob: self.max_peers_per_blob,
+            piece_size: self.piece_size,
             ..MirrorConfig::default()
         };
         let watch = WatchConfig {

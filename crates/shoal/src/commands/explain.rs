@@ -75,6 +75,15 @@ pub fn text(r: &ExplainResponse) -> String {
                 "local" => "this node".to_owned(),
                 "miss" => "upstream (no peer had it)".to_owned(),
                 "failed" => "upstream (every peer failed)".to_owned(),
+                _ if q.served_by.len() > 1 => format!(
+                    "{} peers: {}",
+                    q.served_by.len(),
+                    q.served_by
+                        .iter()
+                        .map(|p| format!("{} {}", p.peer_id, render::bytes(p.bytes)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
                 _ if q.peer_addr.is_empty() => q.peer_id.clone(),
                 _ => format!("{} ({})", q.peer_id, q.peer_addr),
             };
@@ -108,6 +117,7 @@ pub fn text(r: &ExplainResponse) -> String {
         }
     }
     out.push_str(&t.render());
+    out.push_str(&spans(r));
     out.push_str(&format!(
         "({} events in the log, capacity {}; older requests are forgotten)\n",
         r.log_events, r.log_capacity
@@ -115,10 +125,54 @@ pub fn text(r: &ExplainResponse) -> String {
     out
 }
 
+/// Spans shown per peer before the rest is summarised.
+const MAX_SPANS: usize = 6;
+
+/// For multi-peer downloads: which bytes each peer served.
+fn spans(r: &ExplainResponse) -> String {
+    let mut out = String::new();
+    for b in &r.blobs {
+        for q in b.requests.iter().filter(|q| q.served_by.len() > 1) {
+            out.push_str(&format!(
+                "\n{} at {}, bytes by peer:\n",
+                short_digest(&b.key),
+                render::timestamp(q.started_at_ms)
+            ));
+            let mut t = Table::new(&["PEER", "ADDRESS", "BYTES", "RANGES [start-end)"]);
+            for p in &q.served_by {
+                let mut ranges: Vec<String> = p
+                    .spans
+                    .iter()
+                    .take(MAX_SPANS)
+                    .map(|s| format!("{}-{}", s.start, s.end))
+                    .collect();
+                if p.spans.len() > MAX_SPANS {
+                    ranges.push(format!("… {} more", p.spans.len() - MAX_SPANS));
+                }
+                t.row(vec![
+                    p.peer_id.clone(),
+                    if p.peer_addr.is_empty() {
+                        "-".into()
+                    } else {
+                        p.peer_addr.clone()
+                    },
+                    render::bytes(p.bytes),
+                    ranges.join(", "),
+                ]);
+            }
+            out.push_str(&t.render());
+        }
+    }
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::proto::{BlobExplanation, Failover, Request};
+    use crate::admin::proto::{BlobExplanation, ByteSpan, Failover, PeerBytes, Request};
 
     fn sample() -> ExplainResponse {
         ExplainResponse {
@@ -144,6 +198,7 @@ mod tests {
                             offset: 0,
                         }],
                         summary: "served by peer P1 after 1 failover".into(),
+                        served_by: vec![],
                     }],
                 },
                 BlobExplanation {
@@ -169,6 +224,39 @@ mod tests {
         assert_eq!(q["failovers"][0]["reason_kind"], "timeout");
         assert_eq!(v["blobs"][1]["requests"].as_array().unwrap().len(), 0);
         assert_eq!(v["log_capacity"], 4096);
+    }
+
+    #[test]
+    fn multi_peer_requests_show_bytes_and_ranges_per_peer() {
+        let mut r = sample();
+        let span = |start, end| ByteSpan { start, end };
+        r.blobs[0].requests[0].served_by = vec![
+            PeerBytes {
+                peer_id: "P1".into(),
+                peer_addr: "10.0.0.2:5000".into(),
+                bytes: 600,
+                spans: vec![span(0, 300), span(400, 700)],
+            },
+            PeerBytes {
+                peer_id: "P2".into(),
+                peer_addr: String::new(),
+                bytes: 100,
+                spans: (0..8).map(|i| span(300 + i * 10, 305 + i * 10)).collect(),
+            },
+        ];
+        let v = serde_json::to_value(&r).unwrap();
+        let by = &v["blobs"][0]["requests"][0]["served_by"];
+        assert_eq!(by[0]["peer_id"], "P1");
+        assert_eq!(by[0]["bytes"], 600);
+        assert_eq!(by[0]["spans"][1]["start"], 400);
+        assert_eq!(by[0]["spans"][1]["end"], 700);
+        let t = text(&r);
+        assert!(t.contains("2 peers: P1 600 B, P2 100 B"), "{t}");
+        assert!(
+            t.contains("P1    10.0.0.2:5000  600 B  0-300, 400-700"),
+            "{t}"
+        );
+        assert!(t.contains("… 2 more"), "{t}");
     }
 
     #[test]
