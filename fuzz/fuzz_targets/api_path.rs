@@ -10,7 +10,11 @@ fuzz_target!(|s: &str| {
     match ApiPath::parse(s) {
         Ok(p) => {
             let printed = p.to_string();
-            assert_eq!(ApiPath::parse(&printed).as_ref(), Ok(&p), "{s:?} via {printed:?}");
+            assert_eq!(
+                ApiPath::parse(&printed).as_ref(),
+                Ok(&p),
+                "{s:?} via {printed:?}"
+            );
             if let Some(repo) = p.repository() {
                 let r = repo.as_str();
                 assert!(
@@ -18,7 +22,11 @@ fuzz_target!(|s: &str| {
                     "{s:?} accepted repository {r:?}"
                 );
             }
-            if let ApiPath::Manifest { reference: ManifestRef::Tag(t), .. } = &p {
+            if let ApiPath::Manifest {
+                reference: ManifestRef::Tag(t),
+                ..
+            } = &p
+            {
                 assert!(!t.as_str().contains(['/', '%', '\\']), "{s:?}");
             }
         }

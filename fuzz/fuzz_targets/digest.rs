@@ -13,7 +13,11 @@ fuzz_target!(|s: &str| {
         return;
     };
     let printed = d.to_string();
-    assert_eq!(printed.parse::<Digest>().as_ref(), Ok(&d), "{s:?} via {printed:?}");
+    assert_eq!(
+        printed.parse::<Digest>().as_ref(),
+        Ok(&d),
+        "{s:?} via {printed:?}"
+    );
     assert_eq!(d.hex().len(), d.algorithm().hex_len());
     let json = serde_json::to_string(&d).unwrap();
     assert_eq!(serde_json::from_str::<Digest>(&json).unwrap(), d);

@@ -20,7 +20,9 @@ fuzz_target!(|input: (u8, Option<&str>, &[u8])| {
         1 => Some(HINTS[usize::from(pick / 3) % HINTS.len()]),
         _ => free_hint,
     };
-    let Ok(doc) = Document::parse(hint, bytes) else { return };
+    let Ok(doc) = Document::parse(hint, bytes) else {
+        return;
+    };
     let _ = (doc.media_type(), doc.children());
     let json = match &doc {
         Document::Index(i) => serde_json::to_vec(i),
@@ -30,8 +32,7 @@ fuzz_target!(|input: (u8, Option<&str>, &[u8])| {
     if json.len() > MAX_MANIFEST_BYTES {
         return;
     }
-    let again = Document::parse(hint, &json).unwrap_or_else(|e| {
-        panic!("re-parse failed: {e}\n{}", String::from_utf8_lossy(&json))
-    });
+    let again = Document::parse(hint, &json)
+        .unwrap_or_else(|e| panic!("re-parse failed: {e}\n{}", String::from_utf8_lossy(&json)));
     assert_eq!(again, doc);
 });

@@ -62,7 +62,11 @@ impl LocalStore for Store {
             let b = found.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "absent"))?;
             // The router must only ask for ranges inside the blob.
             let start = usize::try_from(offset).expect("offset fits");
-            assert!(start <= b.len(), "read at {offset} of a {} byte blob", b.len());
+            assert!(
+                start <= b.len(),
+                "read at {offset} of a {} byte blob",
+                b.len()
+            );
             let end = len.map_or(b.len(), |l| start + usize::try_from(l).expect("len fits"));
             assert!(end <= b.len(), "read to {end} of a {} byte blob", b.len());
             let part = Bytes::from_static(&b[start..end]);
@@ -115,7 +119,11 @@ fn world() -> &'static World {
         let state = MirrorState::builder(cfg, Arc::new(store), Arc::new(Nobody))
             .build()
             .expect("mirror state");
-        World { rt, state, _spool: spool }
+        World {
+            rt,
+            state,
+            _spool: spool,
+        }
     })
 }
 
@@ -127,7 +135,13 @@ struct Input<'a> {
     headers: Vec<(&'a str, &'a [u8])>,
 }
 
-const METHODS: [Method; 5] = [Method::GET, Method::HEAD, Method::GET, Method::POST, Method::PUT];
+const METHODS: [Method; 5] = [
+    Method::GET,
+    Method::HEAD,
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+];
 
 fuzz_target!(|input: Input<'_>| {
     let method = METHODS[usize::from(input.method) % METHODS.len()].clone();
@@ -140,7 +154,9 @@ fuzz_target!(|input: Input<'_>| {
         req = req.header(*name, *value);
     }
     // hyper never hands the router a request it could not parse: skip what http refuses.
-    let Ok(req) = req.body(Body::empty()) else { return };
+    let Ok(req) = req.body(Body::empty()) else {
+        return;
+    };
     let w = world();
     let router = shoal_mirror::router(w.state.clone());
     w.rt.block_on(async move {
@@ -154,7 +170,10 @@ fuzz_target!(|input: Input<'_>| {
             return;
         }
         let parsed: ErrorBody = serde_json::from_slice(&body).unwrap_or_else(|e| {
-            panic!("{status} body is not OCI error JSON ({e}): {:?}", String::from_utf8_lossy(&body))
+            panic!(
+                "{status} body is not OCI error JSON ({e}): {:?}",
+                String::from_utf8_lossy(&body)
+            )
         });
         assert!(!parsed.errors.is_empty(), "{status}: empty errors");
     });
