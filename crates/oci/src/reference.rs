@@ -16,7 +16,9 @@ use crate::{
 
 /// Registry assumed when a reference names none.
 pub const DEFAULT_REGISTRY: &str = "docker.io";
-/// Longest name (`registry/repository` as written) accepted, as in Docker's reference grammar.
+/// Longest name accepted, as in Docker's reference grammar: the normalised `registry/repository`
+/// (`nginx` counts as `docker.io/library/nginx`), so that every accepted reference prints as one
+/// that parses again.
 pub const MAX_NAME_LEN: usize = 255;
 
 /// Why an image reference was refused.
@@ -95,6 +97,10 @@ impl Reference {
             (None, None) => Some(Tag::latest()),
             (tag, _) => tag,
         };
+        let len = registry.len() + 1 + repository.as_str().len();
+        if len > MAX_NAME_LEN {
+            return Err(ReferenceError::TooLong { len });
+        }
         Ok(Reference {
             registry,
             repository,
@@ -121,9 +127,6 @@ impl Reference {
             }
             None => (name_tag, None),
         };
-        if name.len() > MAX_NAME_LEN {
-            return Err(ReferenceError::TooLong { len: name.len() });
-        }
         let (registry, repository) = match name.split_once('/') {
             Some((first, rest)) if looks_like_host(first) => (first, rest),
             _ => (DEFAULT_REGISTRY, name),
@@ -297,5 +300,42 @@ mod tests {
             Reference::parse(&long),
             Err(ReferenceError::TooLong { len: 258 })
         );
+    }
+
+    /// Fuzz finding (fuzz/fuzz_targets/reference.rs): the length limit was applied to the name
+    /// as written, so a 250-character Docker Hub name was accepted but printed as
+    /// `docker.io/library/…`, which no longer parsed. The limit now applies to the normalised
+    /// name, like Docker's, and every accepted reference round-trips.
+    #[test]
+    fn length_limit_applies_to_the_normalised_name() {
+        let short_hub = "a".repeat(MAX_NAME_LEN - "docker.io/library/".len());
+        let r = Reference::parse(&short_hub).unwrap();
+        assert_eq!(Reference::parse(&r.to_string()), Ok(r));
+        let hub = "a".repeat(MAX_NAME_LEN - "docker.io/library/".len() + 1);
+        assert_eq!(
+            Reference::parse(&hub),
+            Err(ReferenceError::TooLong {
+                len: MAX_NAME_LEN + 1
+            })
+        );
+        let fits = format!("org/{}", "b".repeat(MAX_NAME_LEN - "docker.io/org/".len()));
+        assert!(Reference::parse(&fits).is_ok());
+        assert!(Reference::parse(&format!("{fits}b")).is_err());
+        // Normalisation can also shorten: the limit is on the result, not the input.
+        let mirror_host = format!("registry-1.docker.io/org/{}", "c".repeat(240));
+        let r = Reference::parse(&mirror_host).unwrap();
+        assert_eq!(
+            r.to_string().len(),
+            "docker.io/org/".len() + 240 + ":latest".len()
+        );
+        assert_eq!(Reference::parse(&r.to_string()), Ok(r));
+        // The fuzzer's input itself.
+        let found = "dddrregiddlibrary/gistrydocker.iodddddddddddddu_n_uegistryiuyddddddddddddddd\
+                     u_n_uegistryiuydddddddu_n_uegistry-1.docker.iodddd0123456dddu_n_uegistry-1.\
+                     docker.iodddd01234567_n_uegistrydddddddu_n_uegistry-1.docker.iodddd012345678\
+                     9abcdefddddddlddu_n_u_u";
+        if let Ok(r) = Reference::parse(found) {
+            assert_eq!(Reference::parse(&r.to_string()), Ok(r));
+        }
     }
 }
