@@ -301,13 +301,10 @@ fn get_discard(node: &shoal_tests::Node, url: &str) -> String {
 
 /// Two holders, one limited to 50 Mbit/s: the fast one must end up serving most bytes.
 ///
-/// Ignored until the mirror prefers fast peers: today one download is served by whichever
-/// provider answers its headers first (hedging races headers only), and a rate-limited peer
-/// answers headers as fast as any, so each request lands on either holder at random; measured:
-/// 1.1 s from the fast one, 35 s from the slow one. Multi-source (ranged, parallel) downloads
-/// make the fast holder serve most chunks; enable this test with them.
+/// Hedging alone races response headers, which a rate-limited peer sends as fast as any; it is
+/// the multi-peer download (pieces taken by whichever peer is idle, slow tails re-issued) that
+/// makes the fast holder serve most of the blob.
 #[test]
-#[ignore = "needs throughput-aware peer choice (multi-source download)"]
 fn next_to_a_slow_holder_the_fast_one_serves_most_bytes() {
     let rig = Rig::builder().nodes(3).start();
     let big = TestImage::big();
