@@ -8,3 +8,4 @@ mod deploy;
 mod faults;
 mod p2p;
 mod rig;
+mod security;

@@ -42,12 +42,24 @@ pub struct MirrorConfig {
     /// Most spooled peer downloads (and their files) alive at once; a request finding none free
     /// within `first_byte_timeout` is answered 404 so containerd goes upstream.
     pub max_concurrent_spools: usize,
+    /// Most requests in flight at once (a streaming body counts until it ends); one more is
+    /// answered 503 at once, and containerd falls back to the next host.
+    pub max_concurrent_requests: usize,
+    /// Most client requests being served from peers at once (lookup, fetch, buffer or spool);
+    /// one more waits at most `first_byte_timeout` for a slot, then gets 404 (upstream).
+    pub max_concurrent_peer_fetches: usize,
 }
 
 /// `--resolve-timeout` default.
 pub const DEFAULT_RESOLVE_TIMEOUT: Duration = Duration::from_millis(20);
 /// Default buffering threshold: manifests are capped at 4 MiB by containerd too.
 pub const DEFAULT_SMALL_BLOB_THRESHOLD: u64 = 4 * 1024 * 1024;
+/// Default bound on requests in flight: far above what containerd sends (3 layers per pull by
+/// default, a few pulls at once per node, plus peers), low enough to bound memory and tasks.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
+/// Default bound on client requests served from peers: each may buffer up to
+/// `small_blob_threshold` (4 MiB) in memory, so this caps that memory at 256 MiB.
+pub const DEFAULT_MAX_CONCURRENT_PEER_FETCHES: usize = 64;
 /// Default bound on concurrent spooled downloads.
 pub const DEFAULT_MAX_CONCURRENT_SPOOLS: usize = 8;
 
@@ -67,6 +79,8 @@ impl Default for MirrorConfig {
             bad_peer_ttl: Duration::from_secs(600),
             spool_dir: std::env::temp_dir().join("shoal-spool"),
             max_concurrent_spools: DEFAULT_MAX_CONCURRENT_SPOOLS,
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            max_concurrent_peer_fetches: DEFAULT_MAX_CONCURRENT_PEER_FETCHES,
         }
     }
 }
