@@ -28,16 +28,10 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
 /// `curl` inside the node's namespace, one transfer per URL over one connection; returns
 /// (seconds, bytes) per transfer.
 fn curl_times(node: &Node, urls: &[String]) -> Vec<(f64, u64)> {
-    let mut argv = vec![
-        "curl",
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{time_total} %{size_download}\n",
-    ];
+    let mut argv = vec!["curl", "-s", "-w", "%{time_total} %{size_download}\n"];
     for u in urls {
-        argv.push(u);
+        // `-o` applies to one URL: give each its own so no body reaches stdout.
+        argv.extend_from_slice(&["-o", "/dev/null", u]);
     }
     let out = node.exec(&argv);
     String::from_utf8_lossy(&out.stdout)
