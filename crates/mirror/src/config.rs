@@ -48,6 +48,9 @@ pub struct MirrorConfig {
     /// Most client requests being served from peers at once (lookup, fetch, buffer or spool);
     /// one more waits at most `first_byte_timeout` for a slot, then gets 404 (upstream).
     pub max_concurrent_peer_fetches: usize,
+    /// Longest a call into the local store (containerd) may take: a lookup, opening a read, or
+    /// waiting for the next chunk. Past it a lookup counts as "not here" and a read fails.
+    pub local_timeout: Duration,
 }
 
 /// `--resolve-timeout` default.
@@ -81,6 +84,7 @@ impl Default for MirrorConfig {
             max_concurrent_spools: DEFAULT_MAX_CONCURRENT_SPOOLS,
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             max_concurrent_peer_fetches: DEFAULT_MAX_CONCURRENT_PEER_FETCHES,
+            local_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -56,6 +56,7 @@ mod server;
 mod source;
 mod spool;
 mod state;
+mod timed_store;
 
 pub use client::DIGEST_HEADER;
 pub use config::{

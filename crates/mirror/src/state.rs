@@ -12,6 +12,7 @@ use crate::metrics::Metrics;
 use crate::peer_auth::{HeaderMarker, PeerAuth};
 use crate::source::{LocalStore, Providers};
 use crate::spool::Spool;
+use crate::timed_store::TimedStore;
 
 /// Why the mirror state could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -174,8 +175,11 @@ impl MirrorStateBuilder {
             peer_fetches,
             last_unauthorized_warn: std::sync::atomic::AtomicU64::new(0),
             bad: BadPeers::new(self.cfg.bad_peer_ttl),
+            local: Arc::new(TimedStore {
+                inner: self.local,
+                limit: self.cfg.local_timeout,
+            }),
             cfg: self.cfg,
-            local: self.local,
             providers: self.providers,
             auth,
             client,

@@ -299,3 +299,82 @@ async fn malformed_input_gets_4xx_with_oci_json() {
     // The store still serves the good request afterwards.
     assert_eq!(send(&r, get(&blob_uri(&d))).await.status, StatusCode::OK);
 }
+
+/// A local store that never answers (a wedged containerd), or stalls mid-read.
+struct Wedged {
+    stall_reads_after_first_chunk: bool,
+}
+
+impl shoal_mirror::LocalStore for Wedged {
+    fn stat<'a>(
+        &'a self,
+        _: &'a shoal_oci::Digest,
+    ) -> futures::future::BoxFuture<'a, Option<shoal_mirror::BlobInfo>> {
+        let stall = self.stall_reads_after_first_chunk;
+        Box::pin(async move {
+            if !stall {
+                futures::future::pending::<()>().await;
+            }
+            Some(shoal_mirror::BlobInfo {
+                size: 1 << 20,
+                media_type: None,
+            })
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        _: &'a shoal_oci::Digest,
+        _: u64,
+        _: Option<u64>,
+    ) -> futures::future::BoxFuture<'a, std::io::Result<shoal_mirror::ByteStream>> {
+        use futures::StreamExt;
+        Box::pin(async move {
+            let first = futures::stream::once(async { Ok(bytes::Bytes::from(vec![0u8; 1024])) });
+            Ok(first.chain(futures::stream::pending()).boxed())
+        })
+    }
+
+    fn resolve_tag<'a>(
+        &'a self,
+        _: &'a shoal_oci::TagKey,
+    ) -> futures::future::BoxFuture<'a, Option<shoal_mirror::Descriptor>> {
+        Box::pin(futures::future::pending())
+    }
+}
+
+#[tokio::test]
+async fn a_wedged_local_store_cannot_pin_a_request() {
+    let p: Arc<FakeProviders> = Arc::default();
+    let cfg = shoal_mirror::MirrorConfig {
+        local_timeout: std::time::Duration::from_millis(200),
+        ..config()
+    };
+    let d = shoal_oci::Digest::sha256_of(b"wedged");
+    for stall in [false, true] {
+        let store = Arc::new(Wedged {
+            stall_reads_after_first_chunk: stall,
+        });
+        let st = MirrorState::builder(cfg.clone(), store, p.clone())
+            .build()
+            .unwrap();
+        let r = router(st);
+        let started = std::time::Instant::now();
+        let a = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            send(&r, get(&blob_uri(&d))),
+        )
+        .await
+        .expect("the request ended");
+        if stall {
+            // Headers went out; the body fails after the stall instead of hanging.
+            assert_eq!(a.status, StatusCode::OK);
+            assert!(a.body.is_err(), "a stalled read must fail the body");
+        } else {
+            assert_eq!(a.status, StatusCode::NOT_FOUND);
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(3));
+        let tag = send(&r, get("/v2/library/test/manifests/v1?ns=docker.io")).await;
+        assert_eq!(tag.status, StatusCode::NOT_FOUND);
+    }
+}

@@ -118,6 +118,11 @@ pub struct LimitArgs {
     #[arg(long, env = "SHOAL_MAX_CONNECTIONS", default_value_t = shoal_mirror::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
 
+    /// Longest a lookup or read in the local containerd may take (or pause, for a read) before
+    /// the request treats the content as absent or fails, so a wedged containerd cannot pin it.
+    #[arg(long, env = "SHOAL_LOCAL_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub local_timeout: Duration,
+
     /// A client must send its request headers within this time.
     #[arg(long, env = "SHOAL_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
@@ -185,6 +190,7 @@ impl Args {
             max_concurrent_spools: self.max_concurrent_spools,
             max_concurrent_requests: self.limits.max_concurrent_requests,
             max_concurrent_peer_fetches: self.limits.max_concurrent_peer_fetches,
+            local_timeout: self.limits.local_timeout,
             ..MirrorConfig::default()
         };
         let server = ServerLimits {
@@ -240,5 +246,57 @@ async fn wait_for_signal() {
             tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the daemon");
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct T {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn auth_of(extra: &[&str]) -> String {
+        let mut argv = vec!["shoal"];
+        argv.extend_from_slice(extra);
+        let cfg = T::try_parse_from(argv).unwrap().args.into_config().unwrap();
+        format!("{:?}", cfg.peer_auth)
+    }
+
+    #[test]
+    fn the_psk_decides_who_may_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("swarm.key");
+        std::fs::write(&key, shoal_p2p::format_psk(&libp2p_key())).unwrap();
+        let key = key.to_str().unwrap();
+        assert!(auth_of(&["--p2p-psk-file", key]).starts_with("HmacAuth"));
+        // The insecure switch never weakens a daemon that has a key.
+        assert!(
+            auth_of(&[
+                "--p2p-psk-file",
+                key,
+                "--insecure-allow-unauthenticated-peers",
+                "true"
+            ])
+            .starts_with("HmacAuth")
+        );
+        assert_eq!(auth_of(&[]), "LoopbackOnly");
+        assert_eq!(
+            auth_of(&["--insecure-allow-unauthenticated-peers", "true"]),
+            "HeaderMarker"
+        );
+    }
+
+    fn libp2p_key() -> shoal_p2p::PreSharedKey {
+        shoal_p2p::parse_psk(
+            "/key/swarm/psk/1.0.0/\n/base16/\n\
+             00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
+        )
+        .unwrap()
     }
 }
