@@ -62,41 +62,49 @@ fn a_client_without_the_credential_gets_401_where_a_peer_gets_200() {
     );
 }
 
+/// Node 3 has another cluster's key, node 4 none at all: neither finds what the cluster holds,
+/// and the cluster never finds what they hold.
 #[test]
-fn a_node_with_another_psk_neither_finds_nor_is_found() {
-    let rig = Rig::builder().nodes(3).start();
+fn nodes_without_the_psk_neither_find_nor_are_found() {
+    let rig = Rig::builder().nodes(4).start();
     let img = TestImage::small();
     let multi = TestImage::multi_platform();
     rig.registry().push(&img);
     rig.registry().push(&multi);
-    rig.node(0).configure_shoal();
-    rig.node(1).configure_shoal();
+    for n in rig.nodes() {
+        n.configure_shoal();
+    }
     let d1 = rig.node(0).shoal().start();
     let d2 = rig.node(1).shoal().bootstrap(&d1).start();
     d1.wait_ready(Duration::from_secs(20));
     d2.wait_ready(Duration::from_secs(20));
     let other_key = rig.dir().join("other-swarm.key");
     write_psk(&other_key);
-    rig.node(2).configure_shoal();
     let d3 = rig
         .node(2)
         .shoal()
         .psk_file(&other_key)
         .bootstrap(&d1)
         .start();
+    let d4 = rig.node(3).shoal().without_psk().bootstrap(&d1).start();
+    let strangers = [(rig.node(2), &d3), (rig.node(3), &d4)];
 
-    // Node 1 holds `img`; the cluster finds it, the stranger does not.
+    // Node 1 holds `img`; the cluster finds it, the strangers do not.
     rig.node(0).pull(img.reference()).unwrap();
     let (layer, _) = img.layers()[0].clone();
     d2.wait_found(&img, &layer);
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        assert_eq!(d3.http_head(&d3.blob_url(&img, &layer)), 404);
+        for (_, d) in &strangers {
+            assert_eq!(d.http_head(&d.blob_url(&img, &layer)), 404, "{}", d.ip());
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
-    // The stranger holds `multi`; the cluster never finds it.
-    rig.node(2).pull(multi.reference()).unwrap();
-    d3.wait_found(&multi, &multi.manifest_digest());
+    // The strangers hold `multi`; the cluster never finds it.
+    for (n, d) in &strangers {
+        n.pull(multi.reference()).unwrap();
+        d.wait_found(&multi, &multi.manifest_digest());
+    }
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         for d in [&d1, &d2] {
@@ -107,7 +115,14 @@ fn a_node_with_another_psk_neither_finds_nor_is_found() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert_eq!(d3.metric("shoal_peers", &[]), 0.0, "{}", d3.log_tail());
+    for (_, d) in &strangers {
+        assert_eq!(d.metric("shoal_peers", &[]), 0.0, "{}", d.log_tail());
+    }
+    assert!(
+        d4.process().log().contains("no --p2p-psk-file"),
+        "the keyless daemon says what it will not do:\n{}",
+        d4.log_tail()
+    );
 }
 
 #[test]

@@ -1,17 +1,17 @@
 //! The mirror router: request parsing, the allowlist and peer rules, and dispatch to the local
 //! store or to peers.
 //!
-//! Order of checks, each answering at once: method (GET/HEAD), peer credential, path grammar,
+//! Order of checks, each answering at once: requests in flight (503 over the limit), method
+//! (GET/HEAD), who is asking (loopback client, signed peer, or 401), path grammar,
 //! `ns` (required: containerd always sends it to a mirror; guessing a registry from the path
 //! could cross the allowlist), allowlist (404 before any lookup), `Range` syntax. Then local
 //! content; then, for requests from the local containerd only, peers. Requests marked as coming
 //! from a peer are answered from local content only, so requests never loop between nodes.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-
-use std::net::SocketAddr;
 
 use axum::Router;
 use axum::body::Body;
