@@ -240,6 +240,8 @@ async fn malformed_input_gets_4xx_with_oci_json() {
         format!("/v2/library/test/blobs/{hex}?ns=harbor.example.com"),
         format!("/v2/library/test/blobs/{hex}?ns={long}"),
         format!("/v2/library/test/blobs/{hex}?ns=%F0%9F%92%A9"),
+        format!("/v2/library/test/blobs/{hex}?ns=%FF%FE"),
+        format!("/v2/library/%FF/blobs/{hex}?ns=docker.io"),
         format!("/v2/library/test/blobs/{hex}?ns=docker.io&ns=evil"),
     ];
     for uri in &uris {
