@@ -9,3 +9,4 @@ mod faults;
 mod multi;
 mod p2p;
 mod rig;
+mod security;

@@ -36,7 +36,7 @@ pub use images::{BIG_FILE_BYTES, TestImage, split_reference};
 pub use node::Node;
 pub use process::Process;
 pub use registry::Registry;
-pub use rig::{Rig, RigBuilder};
+pub use rig::{Rig, RigBuilder, write_psk};
 pub use shoal::{
     Daemon, DaemonBuilder, METRICS_PORT, MIRROR_PORT, P2P_PORT, metric_sum, shoal_cluster,
 };

@@ -91,6 +91,23 @@ impl RigBuilder {
     }
 }
 
+/// Name of the rig's cluster key in its directory.
+pub(crate) const PSK_FILE: &str = "swarm.key";
+
+/// Writes a fresh random libp2p `swarm.key` (the `/key/swarm/psk/1.0.0/` format) at `path`.
+pub fn write_psk(path: &Path) {
+    use std::io::Read;
+    let mut key = [0u8; 32];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .unwrap_or_else(|e| panic!("read /dev/urandom: {e}"));
+    let text = format!("/key/swarm/psk/1.0.0/\n/base16/\n{}\n", hex::encode(key));
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, text)
+        .and_then(|()| fs::rename(&tmp, path))
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
 /// The rig's working directory; removed on drop unless `SHOAL_RIG_KEEP` is set.
 #[derive(Debug)]
 struct RigDir {
@@ -106,6 +123,8 @@ impl RigDir {
         }
         fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
         slot.record(&format!("dir {}", path.display()));
+        // The cluster key every daemon of this rig shares (`--p2p-psk-file`).
+        write_psk(&path.join(PSK_FILE));
         RigDir { path }
     }
 }

@@ -16,6 +16,7 @@ pub const P2P_PORT: u16 = 5001;
 pub struct DaemonBuilder<'a> {
     node: &'a Node,
     args: Vec<String>,
+    psk: Option<std::path::PathBuf>,
 }
 
 /// A running `shoal daemon`; killed on drop.
@@ -61,7 +62,13 @@ impl Node {
         ]
         .map(String::from)
         .to_vec();
-        DaemonBuilder { node: self, args }
+        // The rig's shared cluster key (written when the rig was created).
+        let psk = self.dir().parent().map(|d| d.join(crate::rig::PSK_FILE));
+        DaemonBuilder {
+            node: self,
+            args,
+            psk,
+        }
     }
 }
 
@@ -131,6 +138,18 @@ impl<'a> DaemonBuilder<'a> {
         self
     }
 
+    /// Use this `swarm.key` instead of the rig's shared one (a node of another cluster).
+    pub fn psk_file(mut self, path: &std::path::Path) -> Self {
+        self.psk = Some(path.to_owned());
+        self
+    }
+
+    /// Start without any PSK (no `--p2p-psk-file`).
+    pub fn without_psk(mut self) -> Self {
+        self.psk = None;
+        self
+    }
+
     /// Any further flag(s).
     pub fn args(mut self, extra: &[&str]) -> Self {
         self.args.extend(extra.iter().map(|s| s.to_string()));
@@ -141,7 +160,11 @@ impl<'a> DaemonBuilder<'a> {
     pub fn start(self) -> Daemon {
         // On a real node the CRI has created `k8s.io` long before Shoal starts.
         let _ = self.node.ctr(&["namespaces", "create", "k8s.io"]);
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let mut args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let psk = self.psk.as_ref().map(|p| p.display().to_string());
+        if let Some(p) = &psk {
+            args.extend_from_slice(&["--p2p-psk-file", p]);
+        }
         let process = self.node.spawn(shoal_bin(), &args);
         if let Err(e) = process.wait_for_log("connected to containerd", Duration::from_secs(20)) {
             panic!("shoal daemon on {}: {e}", self.node.name());

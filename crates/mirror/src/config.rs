@@ -49,12 +49,27 @@ pub struct MirrorConfig {
     pub max_peers_per_blob: usize,
     /// Size of the ranges a multi-peer download hands out to providers.
     pub piece_size: u64,
+    /// Most requests in flight at once (a streaming body counts until it ends); one more is
+    /// answered 503 at once, and containerd falls back to the next host.
+    pub max_concurrent_requests: usize,
+    /// Most client requests being served from peers at once (lookup, fetch, buffer or spool);
+    /// one more waits at most `first_byte_timeout` for a slot, then gets 404 (upstream).
+    pub max_concurrent_peer_fetches: usize,
+    /// Longest a call into the local store (containerd) may take: a lookup, opening a read, or
+    /// waiting for the next chunk. Past it a lookup counts as "not here" and a read fails.
+    pub local_timeout: Duration,
 }
 
 /// `--resolve-timeout` default.
 pub const DEFAULT_RESOLVE_TIMEOUT: Duration = Duration::from_millis(20);
 /// Default buffering threshold: manifests are capped at 4 MiB by containerd too.
 pub const DEFAULT_SMALL_BLOB_THRESHOLD: u64 = 4 * 1024 * 1024;
+/// Default bound on requests in flight: far above what containerd sends (3 layers per pull by
+/// default, a few pulls at once per node, plus peers), low enough to bound memory and tasks.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
+/// Default bound on client requests served from peers: each may buffer up to
+/// `small_blob_threshold` (4 MiB) in memory, so this caps that memory at 256 MiB.
+pub const DEFAULT_MAX_CONCURRENT_PEER_FETCHES: usize = 64;
 /// Default bound on concurrent spooled downloads.
 pub const DEFAULT_MAX_CONCURRENT_SPOOLS: usize = 8;
 /// Default multi-peer threshold. Below it a single stream from one peer finishes in well under
@@ -87,6 +102,9 @@ impl Default for MirrorConfig {
             multi_peer_threshold: DEFAULT_MULTI_PEER_THRESHOLD,
             max_peers_per_blob: DEFAULT_MAX_PEERS_PER_BLOB,
             piece_size: DEFAULT_PIECE_SIZE,
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            max_concurrent_peer_fetches: DEFAULT_MAX_CONCURRENT_PEER_FETCHES,
+            local_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -31,6 +31,12 @@ pub enum MirrorError {
     MethodNotAllowed(http::Method),
     #[error("peer credential refused")]
     PeerRejected,
+    /// Not the node itself and no peer credential (a pod, another host).
+    #[error("authentication required: only this node's containerd and Shoal peers may read")]
+    Unauthenticated,
+    /// Too many requests in flight; containerd falls back to the next host on a 5xx.
+    #[error("too many requests in flight ({0}); try the next host")]
+    Overloaded(usize),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -47,7 +53,8 @@ impl MirrorError {
             MirrorError::ManifestUnknown(_) => ErrorCode::ManifestUnknown,
             MirrorError::RangeNotSatisfiable { .. } => ErrorCode::RangeInvalid,
             MirrorError::MethodNotAllowed(_) => ErrorCode::Unsupported,
-            MirrorError::PeerRejected => ErrorCode::Unauthorized,
+            MirrorError::PeerRejected | MirrorError::Unauthenticated => ErrorCode::Unauthorized,
+            MirrorError::Overloaded(_) => ErrorCode::Unavailable,
             MirrorError::Internal(_) => ErrorCode::Unknown,
         })
     }
@@ -69,6 +76,8 @@ impl MirrorError {
             MirrorError::RangeNotSatisfiable { .. } => "bad_range",
             MirrorError::MethodNotAllowed(_) => "bad_method",
             MirrorError::PeerRejected => "rejected",
+            MirrorError::Unauthenticated => "unauthorized",
+            MirrorError::Overloaded(_) => "overloaded",
             MirrorError::Internal(_) => "error",
         }
     }
@@ -98,6 +107,12 @@ impl IntoResponse for MirrorError {
             if let Ok(v) = HeaderValue::from_str(cr) {
                 res.headers_mut().insert(header::CONTENT_RANGE, v);
             }
+        }
+        if let MirrorError::PeerRejected | MirrorError::Unauthenticated = &self {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Shoal realm=\"shoal-mirror\""),
+            );
         }
         if let MirrorError::MethodNotAllowed(_) = &self {
             res.headers_mut()

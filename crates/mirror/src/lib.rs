@@ -57,19 +57,29 @@ mod multi;
 mod peer_auth;
 mod routes;
 mod serve;
+mod server;
 mod source;
 mod spool;
 mod state;
+mod timed_store;
 
 pub use client::DIGEST_HEADER;
 pub use config::{
+    DEFAULT_MAX_CONCURRENT_PEER_FETCHES, DEFAULT_MAX_CONCURRENT_REQUESTS,
     DEFAULT_MAX_CONCURRENT_SPOOLS, DEFAULT_MAX_PEERS_PER_BLOB, DEFAULT_MULTI_PEER_THRESHOLD,
     DEFAULT_PIECE_SIZE, DEFAULT_RESOLVE_TIMEOUT, DEFAULT_SMALL_BLOB_THRESHOLD, MirrorConfig,
 };
 pub use error::MirrorError;
 pub use events::{EventLog, EventSink, FetchEvent, FetchEventKind, NoEvents};
 pub use metrics::{Metrics, Readiness, Source, metrics_router};
-pub use peer_auth::{HeaderMarker, PEER_HEADER, PeerAuth, PeerCheck};
+pub use peer_auth::{
+    AUTH_SCHEME, AUTH_WINDOW_SECS, HeaderMarker, HmacAuth, LoopbackOnly, PEER_HEADER, PeerAuth,
+    PeerCheck, is_loopback,
+};
 pub use routes::router;
+pub use server::{
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HEADER_BYTES, ServerLimits, serve,
+};
 pub use source::{BlobInfo, ByteStream, Descriptor, LocalStore, Provider, Providers};
 pub use state::{BuildError, MirrorState, MirrorStateBuilder};

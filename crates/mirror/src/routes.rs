@@ -1,18 +1,21 @@
 //! The mirror router: request parsing, the allowlist and peer rules, and dispatch to the local
 //! store or to peers.
 //!
-//! Order of checks, each answering at once: method (GET/HEAD), peer credential, path grammar,
+//! Order of checks, each answering at once: requests in flight (503 over the limit), method
+//! (GET/HEAD), who is asking (loopback client, signed peer, or 401), path grammar,
 //! `ns` (required: containerd always sends it to a mirror; guessing a registry from the path
 //! could cross the allowlist), allowlist (404 before any lookup), `Range` syntax. Then local
 //! content; then, for requests from the local containerd only, peers. Requests marked as coming
 //! from a peer are answered from local content only, so requests never loop between nodes.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{Query, Request, State};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Method, StatusCode, header};
 use shoal_oci::{
@@ -53,6 +56,19 @@ struct Ask {
 async fn handle(State(state): State<MirrorState>, req: Request) -> Response {
     let shared = state.0;
     let (parts, _) = req.into_parts();
+    // Load shedding before any work: a 503 is cheap and containerd falls back to the next host.
+    let Ok(permit) = shared.requests.clone().try_acquire_owned() else {
+        shared.metrics.request("none", "other", "overloaded");
+        tracing::warn!(
+            limit = shared.cfg.max_concurrent_requests,
+            "mirror overloaded; answering 503"
+        );
+        return MirrorError::Overloaded(shared.cfg.max_concurrent_requests).into_response();
+    };
+    let remote = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
     let span = tracing::info_span!(
         "mirror",
         method = %parts.method,
@@ -63,7 +79,9 @@ async fn handle(State(state): State<MirrorState>, req: Request) -> Response {
         peer = field::Empty,
     );
     let started = Instant::now();
-    let (kind, label, result) = dispatch(&shared, &parts).instrument(span.clone()).await;
+    let (kind, label, result) = dispatch(&shared, &parts, remote)
+        .instrument(span.clone())
+        .await;
     let outcome = match &result {
         Ok((_, source)) => source.as_str(),
         Err(e) => e.outcome(),
@@ -74,7 +92,17 @@ async fn handle(State(state): State<MirrorState>, req: Request) -> Response {
         Ok((res, source)) => {
             span.record("source", source.as_str());
             tracing::debug!(status = %res.status(), elapsed = ?started.elapsed(), "answered");
-            res
+            // The permit lives as long as the body: a streaming blob counts until its last byte.
+            let (parts, body) = res.into_parts();
+            let body = Body::new(http_body_util::BodyExt::map_frame(body, move |f| {
+                let _held = &permit;
+                f
+            }));
+            Response::from_parts(parts, body)
+        }
+        Err(e @ (MirrorError::Unauthenticated | MirrorError::PeerRejected)) => {
+            unauthorized_log(&shared, remote, &parts, &e);
+            e.into_response()
         }
         Err(e) => {
             tracing::debug!(error = %e, status = %e.status(), elapsed = ?started.elapsed(), "refused");
@@ -83,10 +111,34 @@ async fn handle(State(state): State<MirrorState>, req: Request) -> Response {
     }
 }
 
+/// A refused request is logged at `warn` with its remote address, at most once a second (a
+/// scanning pod must not flood the log); the rest at `debug`. Every one is counted in
+/// `shoal_mirror_requests_total{outcome="unauthorized"|"rejected"}`.
+fn unauthorized_log(
+    shared: &Shared,
+    remote: Option<SocketAddr>,
+    parts: &http::request::Parts,
+    e: &MirrorError,
+) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = shared
+        .last_unauthorized_warn
+        .swap(now, std::sync::atomic::Ordering::Relaxed);
+    let remote = remote.map_or_else(|| "unknown".to_owned(), |r| r.to_string());
+    if last != now {
+        tracing::warn!(%remote, path = %parts.uri.path(), reason = e.outcome(), "refused a mirror request without a valid credential (401)");
+    } else {
+        tracing::debug!(%remote, path = %parts.uri.path(), reason = e.outcome(), "refused (401)");
+    }
+}
+
 /// Returns (kind, registry label, result) for metrics.
 async fn dispatch(
     shared: &Arc<Shared>,
     parts: &http::request::Parts,
+    remote: Option<SocketAddr>,
 ) -> (&'static str, String, Served) {
     let head = match parts.method {
         Method::GET => false,
@@ -100,10 +152,13 @@ async fn dispatch(
         }
     };
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let from_peer = match shared.auth.check(&parts.method, pq, &parts.headers) {
+    let from_peer = match shared.auth.check(&parts.method, pq, &parts.headers, remote) {
         PeerCheck::Client => false,
         PeerCheck::Peer => true,
         PeerCheck::Rejected => return ("other", "none".into(), Err(MirrorError::PeerRejected)),
+        PeerCheck::Unauthenticated => {
+            return ("other", "none".into(), Err(MirrorError::Unauthenticated));
+        }
     };
     let api = match ApiPath::parse(parts.uri.path()) {
         Ok(a) => a,
@@ -181,6 +236,25 @@ fn unreachable_base() -> Served {
     Err(MirrorError::Internal("base route dispatched twice".into()))
 }
 
+/// A slot among `max_concurrent_peer_fetches`, waited for at most `first_byte_timeout`; none
+/// free means 404 (containerd goes upstream) rather than an unbounded queue.
+async fn peer_slot(
+    shared: &Arc<Shared>,
+    miss: MirrorError,
+) -> Result<tokio::sync::OwnedSemaphorePermit, MirrorError> {
+    let wait = shared.peer_fetches.clone().acquire_owned();
+    match tokio::time::timeout(shared.cfg.first_byte_timeout, wait).await {
+        Ok(Ok(p)) => Ok(p),
+        _ => {
+            tracing::warn!(
+                limit = shared.cfg.max_concurrent_peer_fetches,
+                "all peer fetch slots busy; answering 404"
+            );
+            Err(miss)
+        }
+    }
+}
+
 /// Wait (at most `resolve_timeout`) for the first provider of `key`.
 async fn resolve(
     shared: &Arc<Shared>,
@@ -225,6 +299,7 @@ async fn blob(shared: &Arc<Shared>, ask: &Ask, repository: Repository, digest: D
     if ask.from_peer {
         return Err(unknown());
     }
+    let _slot = peer_slot(shared, unknown()).await?;
     let key = Key::Digest(digest.clone());
     let (pool, first) = resolve(shared, &key, Some(&digest))
         .await
@@ -370,6 +445,7 @@ async fn manifest_by_digest(
     if ask.from_peer {
         return Err(unknown());
     }
+    let _slot = peer_slot(shared, unknown()).await?;
     let key = Key::Digest(digest.clone());
     let (pool, first) = resolve(shared, &key, Some(&digest))
         .await
@@ -403,6 +479,7 @@ async fn manifest_by_tag(
             " (tag resolution through peers is disabled for this tag)",
         ));
     }
+    let _slot = peer_slot(shared, unknown("")).await?;
     let key = Key::Tag(tk.clone());
     let (pool, first) = resolve(shared, &key, None)
         .await

@@ -12,6 +12,7 @@ use crate::metrics::Metrics;
 use crate::peer_auth::{HeaderMarker, PeerAuth};
 use crate::source::{LocalStore, Providers};
 use crate::spool::Spool;
+use crate::timed_store::TimedStore;
 
 /// Why the mirror state could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,12 @@ pub(crate) struct Shared {
     pub metrics: Metrics,
     pub events: Arc<dyn EventSink>,
     pub spool: Spool,
+    /// One permit per request in flight (held until its body ends).
+    pub requests: Arc<tokio::sync::Semaphore>,
+    /// One permit per client request being served from peers.
+    pub peer_fetches: Arc<tokio::sync::Semaphore>,
+    /// Unix second of the last `warn` about a refused request (log rate limit).
+    pub last_unauthorized_warn: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -108,7 +115,8 @@ impl MirrorStateBuilder {
         self
     }
 
-    /// How peer requests are marked and recognised (default: [`HeaderMarker`]).
+    /// How peer requests are signed and who is let in (default: [`HeaderMarker`], which lets
+    /// everyone in: the daemon always sets [`crate::HmacAuth`] or [`crate::LoopbackOnly`]).
     pub fn peer_auth(mut self, auth: Arc<dyn PeerAuth>) -> Self {
         self.auth = Some(auth);
         self
@@ -123,6 +131,16 @@ impl MirrorStateBuilder {
     pub fn build(self) -> Result<MirrorState, BuildError> {
         if self.cfg.max_attempts == 0 {
             return Err(BuildError::Config("max_attempts must be at least 1"));
+        }
+        if self.cfg.max_concurrent_requests == 0 {
+            return Err(BuildError::Config(
+                "max_concurrent_requests must be at least 1",
+            ));
+        }
+        if self.cfg.max_concurrent_peer_fetches == 0 {
+            return Err(BuildError::Config(
+                "max_concurrent_peer_fetches must be at least 1",
+            ));
         }
         if self.cfg.max_concurrent_spools == 0 {
             return Err(BuildError::Config(
@@ -152,10 +170,22 @@ impl MirrorStateBuilder {
             self.cfg.first_byte_timeout,
             auth.clone(),
         )?;
+        let requests = Arc::new(tokio::sync::Semaphore::new(
+            self.cfg.max_concurrent_requests,
+        ));
+        let peer_fetches = Arc::new(tokio::sync::Semaphore::new(
+            self.cfg.max_concurrent_peer_fetches,
+        ));
         Ok(MirrorState(Arc::new(Shared {
+            requests,
+            peer_fetches,
+            last_unauthorized_warn: std::sync::atomic::AtomicU64::new(0),
             bad: BadPeers::new(self.cfg.bad_peer_ttl),
+            local: Arc::new(TimedStore {
+                inner: self.local,
+                limit: self.cfg.local_timeout,
+            }),
             cfg: self.cfg,
-            local: self.local,
             providers: self.providers,
             auth,
             client,

@@ -41,7 +41,7 @@ pub use key::{KEY_NAMESPACE, record_key};
 pub use libp2p::pnet::PreSharedKey;
 pub use libp2p::{Multiaddr, PeerId};
 pub use node::spawn;
-pub use psk::{format_psk, load_psk, parse_psk};
+pub use psk::{format_psk, load_psk, parse_psk, psk_secret};
 pub use resolver::{Resolver, SystemResolver};
 pub use shoal_oci::Key;
 pub use transport::{KAD_PROTOCOL, agent_version, parse_mirror_port};

@@ -66,12 +66,34 @@ pub fn format_psk(key: &PreSharedKey) -> String {
     key.to_key_file()
 }
 
+/// The 32 secret bytes of a key, for deriving other credentials from the cluster key (the
+/// mirror's HMAC key). libp2p-pnet has no accessor, so they are read back from its key file form.
+pub fn psk_secret(key: &PreSharedKey) -> [u8; 32] {
+    let file = key.to_key_file();
+    let mut bytes = [0u8; 32];
+    let last = file.lines().map(str::trim).rfind(|l| !l.is_empty());
+    if let Some(hex_key) = last {
+        // The format is fixed by libp2p-pnet; a failure here would be a libp2p change.
+        let _ = hex::decode_to_slice(hex_key, &mut bytes);
+    }
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const GOOD: &str = "/key/swarm/psk/1.0.0/\n/base16/\n\
         0123456789abcdef0123456789ABCDEF0123456789abcdef0123456789abcdef\n";
+
+    #[test]
+    fn secret_bytes_are_the_key() {
+        let k = parse_psk(GOOD).unwrap();
+        let s = psk_secret(&k);
+        assert_eq!(s[0], 0x01);
+        assert_eq!(s[15], 0xef);
+        assert_eq!(PreSharedKey::new(s), k);
+    }
 
     #[test]
     fn parses_and_round_trips() {

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shoal_containerd::{CancellationToken, Change, ContentSource, WatchConfig};
-use shoal_mirror::{EventLog, Metrics, MirrorConfig, MirrorState, Readiness};
+use shoal_mirror::{
+    EventLog, Metrics, MirrorConfig, MirrorState, PeerAuth, Readiness, ServerLimits,
+};
 use shoal_oci::Allowlist;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -29,6 +31,11 @@ pub struct DaemonConfig {
     pub mirror_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub mirror: MirrorConfig,
+    /// Who may read from the mirror and how this node signs its peer requests
+    /// ([`shoal_mirror::HmacAuth`] from the PSK; see `docs/security.md`).
+    pub peer_auth: Arc<dyn PeerAuth>,
+    /// Connection-level limits of the mirror and metrics servers.
+    pub server: ServerLimits,
     pub p2p: shoal_p2p::Config,
     pub watch: WatchConfig,
     /// How long in-flight requests may take to finish after shutdown was asked for.
@@ -101,20 +108,23 @@ impl App {
         )
         .metrics(metrics.clone())
         .events(events.clone())
+        .peer_auth(cfg.peer_auth.clone())
         .build()
         .context("invalid mirror configuration")?;
 
         let mut tasks = JoinSet::new();
-        tasks.spawn(serve(
+        tasks.spawn(shoal_mirror::serve(
             "mirror",
             mirror_listener,
             shoal_mirror::router(state),
+            cfg.server.clone(),
             shutdown.clone(),
         ));
-        tasks.spawn(serve(
+        tasks.spawn(shoal_mirror::serve(
             "metrics",
             metrics_listener,
             shoal_mirror::metrics_router(metrics.clone(), readiness.clone()),
+            cfg.server.clone(),
             shutdown.clone(),
         ));
         tasks.spawn(follow_containerd(
@@ -199,20 +209,6 @@ impl Running {
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         self.wait().await;
-    }
-}
-
-async fn serve(
-    name: &'static str,
-    listener: TcpListener,
-    router: axum::Router,
-    shutdown: CancellationToken,
-) {
-    let result = axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(e) = result {
-        tracing::error!(server = name, error = %e, "server stopped with an error");
     }
 }
 

@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::ArgAction;
 use shoal_containerd::WatchConfig;
-use shoal_mirror::MirrorConfig;
+use std::sync::Arc;
+
+use shoal_mirror::{HeaderMarker, HmacAuth, LoopbackOnly, MirrorConfig, PeerAuth, ServerLimits};
 
 use crate::app::{App, DaemonConfig};
 use crate::cli::{ContainerdArgs, RegistryArgs};
@@ -98,6 +100,48 @@ pub struct Args {
     /// Size in bytes of the ranges a multi-peer download hands out to peers.
     #[arg(long, env = "SHOAL_PIECE_SIZE", default_value_t = shoal_mirror::DEFAULT_PIECE_SIZE)]
     pub piece_size: u64,
+    #[command(flatten)]
+    pub limits: Box<LimitArgs>,
+}
+
+/// Who may read from the mirror, and how much of the node it may use (`docs/security.md`).
+/// Boxed in [`Args`]: the daemon's flags are many.
+#[derive(Debug, clap::Args)]
+pub struct LimitArgs {
+    /// Without --p2p-psk-file, let every host read from the mirror and treat a plain
+    /// `X-Shoal-Peer` header as a peer (the pre-authentication behaviour). Never in production:
+    /// any pod could then read every allowlisted layer. Without this flag and without a PSK,
+    /// only the node itself (loopback) is served.
+    #[arg(long, env = "SHOAL_INSECURE_ALLOW_UNAUTHENTICATED_PEERS", default_value_t = false, action = ArgAction::Set)]
+    pub insecure_allow_unauthenticated_peers: bool,
+
+    /// Most mirror requests in flight (a blob body counts until its last byte); more get 503
+    /// at once and containerd falls back to the next host.
+    #[arg(long, env = "SHOAL_MAX_CONCURRENT_REQUESTS", default_value_t = shoal_mirror::DEFAULT_MAX_CONCURRENT_REQUESTS)]
+    pub max_concurrent_requests: usize,
+
+    /// Most client requests served from peers at once (each buffers up to 4 MiB); more wait
+    /// briefly, then get 404 (upstream).
+    #[arg(long, env = "SHOAL_MAX_CONCURRENT_PEER_FETCHES", default_value_t = shoal_mirror::DEFAULT_MAX_CONCURRENT_PEER_FETCHES)]
+    pub max_concurrent_peer_fetches: usize,
+
+    /// Most open connections per server; one more is closed at once.
+    #[arg(long, env = "SHOAL_MAX_CONNECTIONS", default_value_t = shoal_mirror::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+
+    /// Longest a lookup or read in the local containerd may take (or pause, for a read) before
+    /// the request treats the content as absent or fails, so a wedged containerd cannot pin it.
+    #[arg(long, env = "SHOAL_LOCAL_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub local_timeout: Duration,
+
+    /// A client must send its request headers within this time.
+    #[arg(long, env = "SHOAL_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// A connection on which nothing moves for this long is closed (a stalled reader, an idle
+    /// keep-alive connection). A slow but moving transfer is never cut.
+    #[arg(long, env = "SHOAL_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
 
     /// Time in-flight requests get to finish on shutdown.
     #[arg(long, env = "SHOAL_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -110,6 +154,31 @@ impl Args {
         let psk = match &self.p2p_psk_file {
             Some(path) => Some(shoal_p2p::load_psk(path)?),
             None => None,
+        };
+        let peer_auth: Arc<dyn PeerAuth> = match (
+            &psk,
+            self.limits.insecure_allow_unauthenticated_peers,
+        ) {
+            (Some(k), _) => {
+                if self.limits.insecure_allow_unauthenticated_peers {
+                    tracing::warn!(
+                        "--insecure-allow-unauthenticated-peers is ignored: a PSK is set, peers authenticate with it"
+                    );
+                }
+                Arc::new(HmacAuth::from_psk(&shoal_p2p::psk_secret(k)))
+            }
+            (None, true) => {
+                tracing::warn!(
+                    "INSECURE: no --p2p-psk-file and --insecure-allow-unauthenticated-peers: any host or pod that reaches the mirror port can read every allowlisted layer this node holds"
+                );
+                Arc::new(HeaderMarker)
+            }
+            (None, false) => {
+                tracing::warn!(
+                    "no --p2p-psk-file: the mirror serves this node's containerd (loopback) only; peers cannot read from this node and this node cannot read from peers"
+                );
+                Arc::new(LoopbackOnly)
+            }
         };
         let allowlist = self.registries.allowlist();
         let p2p = shoal_p2p::Config {
@@ -133,7 +202,16 @@ impl Args {
             multi_peer_threshold: self.multi_peer_threshold,
             max_peers_per_blob: self.max_peers_per_blob,
             piece_size: self.piece_size,
+            max_concurrent_requests: self.limits.max_concurrent_requests,
+            max_concurrent_peer_fetches: self.limits.max_concurrent_peer_fetches,
+            local_timeout: self.limits.local_timeout,
             ..MirrorConfig::default()
+        };
+        let server = ServerLimits {
+            header_read_timeout: self.limits.header_read_timeout,
+            idle_timeout: self.limits.idle_timeout,
+            max_connections: self.limits.max_connections,
+            ..ServerLimits::default()
         };
         let watch = WatchConfig {
             relist_interval: self.relist_interval,
@@ -147,9 +225,11 @@ impl Args {
             mirror_addr: self.mirror_addr,
             metrics_addr: self.metrics_addr,
             mirror,
+            peer_auth,
+            server,
             p2p,
             watch,
-            shutdown_grace: self.shutdown_grace,
+            shutdown_grace: self.limits.shutdown_grace,
             event_log_capacity: 4096,
             admin_socket: Some(self.admin_socket),
         })
@@ -180,5 +260,57 @@ async fn wait_for_signal() {
             tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the daemon");
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct T {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn auth_of(extra: &[&str]) -> String {
+        let mut argv = vec!["shoal"];
+        argv.extend_from_slice(extra);
+        let cfg = T::try_parse_from(argv).unwrap().args.into_config().unwrap();
+        format!("{:?}", cfg.peer_auth)
+    }
+
+    #[test]
+    fn the_psk_decides_who_may_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("swarm.key");
+        std::fs::write(&key, shoal_p2p::format_psk(&libp2p_key())).unwrap();
+        let key = key.to_str().unwrap();
+        assert!(auth_of(&["--p2p-psk-file", key]).starts_with("HmacAuth"));
+        // The insecure switch never weakens a daemon that has a key.
+        assert!(
+            auth_of(&[
+                "--p2p-psk-file",
+                key,
+                "--insecure-allow-unauthenticated-peers",
+                "true"
+            ])
+            .starts_with("HmacAuth")
+        );
+        assert_eq!(auth_of(&[]), "LoopbackOnly");
+        assert_eq!(
+            auth_of(&["--insecure-allow-unauthenticated-peers", "true"]),
+            "HeaderMarker"
+        );
+    }
+
+    fn libp2p_key() -> shoal_p2p::PreSharedKey {
+        shoal_p2p::parse_psk(
+            "/key/swarm/psk/1.0.0/\n/base16/\n\
+             00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
+        )
+        .unwrap()
     }
 }
