@@ -104,14 +104,26 @@ fn main() -> ExitCode {
             for blob in ex["blobs"].as_array().into_iter().flatten() {
                 let key = blob["key"].as_str().unwrap_or_default();
                 let role = blob["role"].as_str().unwrap_or_default();
-                let Some(req) = blob["requests"].as_array().and_then(|r| r.last()) else {
+                // Where this node got the blob: the request that brought it from a peer, else
+                // the miss that sent containerd to the registry, else what the node served.
+                let requests = blob["requests"].as_array().cloned().unwrap_or_default();
+                let by_source = |s: &str| requests.iter().find(|r| r["source"] == s);
+                let Some(req) = by_source("peer")
+                    .or_else(|| by_source("miss"))
+                    .or(requests.first())
+                else {
                     continue;
                 };
+                let name = |id: &str| names.get(id).cloned().unwrap_or_else(|| short(id));
+                let served_by: Vec<String> = req["served_by"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| name(p["peer_id"].as_str().unwrap_or_default()))
+                    .collect();
                 let source = match req["source"].as_str().unwrap_or_default() {
-                    "peer" => {
-                        let id = req["peer_id"].as_str().unwrap_or_default();
-                        format!("peer {}", names.get(id).map_or(id, |s| s.as_str()))
-                    }
+                    "peer" if served_by.len() > 1 => format!("peers {}", served_by.join("+")),
+                    "peer" => format!("peer {}", name(req["peer_id"].as_str().unwrap_or_default())),
                     "miss" => "miss -> registry".to_owned(),
                     other => other.to_owned(),
                 };
