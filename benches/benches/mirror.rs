@@ -10,7 +10,8 @@
 
 use std::time::{Duration, Instant};
 
-use shoal_tests::{Daemon, Node, Rig, TestImage};
+use shoal_benches::{rss_kib, with_peak_rss};
+use shoal_tests::{Node, Rig, TestImage};
 
 const RUNS: usize = 5;
 
@@ -41,36 +42,6 @@ fn curl_times(node: &Node, urls: &[String]) -> Vec<(f64, u64)> {
             Some((t.parse().ok()?, n.parse().ok()?))
         })
         .collect()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Runs `f` while sampling the daemon's RSS; returns (f's result, peak RSS in KiB).
-fn with_peak_rss<T: Send>(d: &Daemon, f: impl FnOnce() -> T + Send) -> (T, u64) {
-    let pid = d.process().pid();
-    let done = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|s| {
-        let sampler = s.spawn(|| {
-            let mut peak = 0;
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(rss_kib(pid));
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            peak
-        });
-        let r = f();
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        (r, sampler.join().unwrap())
-    })
 }
 
 fn timed_pull(node: &Node, reference: &str) -> f64 {
@@ -128,7 +99,9 @@ fn main() {
     let mut registry_s = Vec::new();
     let mut peak_rss = 0;
     for _ in 0..RUNS {
-        let (t, rss) = with_peak_rss(&d2, || curl_times(puller, std::slice::from_ref(&via_shoal)));
+        let (t, rss) = with_peak_rss(d2.process().pid(), || {
+            curl_times(puller, std::slice::from_ref(&via_shoal))
+        });
         assert_eq!(t[0].1, size, "full blob through Shoal");
         shoal_s.push(t[0].0);
         peak_rss = peak_rss.max(rss);

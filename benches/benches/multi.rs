@@ -10,7 +10,8 @@
 
 use std::time::Duration;
 
-use shoal_tests::{Daemon, Node, Rig, TestImage};
+use shoal_benches::{rss_kib, with_peak_rss};
+use shoal_tests::{Node, Rig, TestImage};
 
 const RUNS: usize = 3;
 const HOLDER_MBIT: u32 = 200;
@@ -34,36 +35,6 @@ fn curl_time(node: &Node, url: &str) -> (f64, u64) {
     let text = String::from_utf8_lossy(&out.stdout);
     let (t, n) = text.split_once(' ').expect("curl timing");
     (t.parse().expect("time"), n.trim().parse().expect("size"))
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Runs `f` while sampling the daemon's RSS; returns (f's result, peak RSS in KiB).
-fn with_peak_rss<T: Send>(d: &Daemon, f: impl FnOnce() -> T + Send) -> (T, u64) {
-    let pid = d.process().pid();
-    let done = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|s| {
-        let sampler = s.spawn(|| {
-            let mut peak = 0;
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(rss_kib(pid));
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            peak
-        });
-        let r = f();
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        (r, sampler.join().unwrap())
-    })
 }
 
 fn main() {
@@ -114,12 +85,12 @@ fn main() {
     let (mut multi_rss, mut single_rss) = (0, 0);
     for _ in 0..RUNS {
         let url = multi.blob_url(&huge, &layer);
-        let ((t, n), rss) = with_peak_rss(multi, || curl_time(rig.node(3), &url));
+        let ((t, n), rss) = with_peak_rss(multi.process().pid(), || curl_time(rig.node(3), &url));
         assert_eq!(n, size, "full blob, three holders\n{}", multi.log_tail());
         multi_s.push(t);
         multi_rss = multi_rss.max(rss);
         let url = single.blob_url(&huge, &layer);
-        let ((t, n), rss) = with_peak_rss(single, || curl_time(rig.node(4), &url));
+        let ((t, n), rss) = with_peak_rss(single.process().pid(), || curl_time(rig.node(4), &url));
         assert_eq!(n, size, "full blob, one holder\n{}", single.log_tail());
         single_s.push(t);
         single_rss = single_rss.max(rss);
