@@ -34,13 +34,10 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::StreamExt;
 use http::Method;
 use shoal_oci::{Algorithm, Digest};
 use tokio::sync::watch;
@@ -48,13 +45,19 @@ use tokio::task::{Id, JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Opened, PeerPath};
+use crate::client::Opened;
 use crate::download::{self, disk_failed};
 use crate::events::FetchEventKind;
 use crate::fetch::{Fetch, GaveUp};
 use crate::source::Provider;
 use crate::spool::SpoolFile;
 use crate::state::Shared;
+
+mod frontier;
+mod range_job;
+
+use frontier::hash_frontier;
+use range_job::RangeJob;
 
 /// Bytes a worker gathers before one positional write.
 const WRITE_BATCH: usize = 1024 * 1024;
@@ -606,166 +609,6 @@ fn add_span(spans: &mut Vec<(u64, u64)>, s: u64, e: u64) {
         }
     }
     *spans = merged;
-}
-
-/// One range request, running in its own task.
-struct RangeJob {
-    shared: Arc<Shared>,
-    registry: String,
-    path: PeerPath,
-    provider: Provider,
-    start: u64,
-    end: u64,
-    size: u64,
-    fd: Arc<File>,
-    progress: Arc<AtomicU64>,
-    cancel: CancellationToken,
-}
-
-impl RangeJob {
-    async fn run(self, pre: Option<Opened>) -> JobEnd {
-        let mut opened = match pre {
-            Some(o) => o,
-            None => {
-                let open = self.shared.client.open_range(
-                    self.provider.clone(),
-                    &self.registry,
-                    &self.path,
-                    self.start,
-                    self.end,
-                    self.size,
-                );
-                tokio::select! {
-                    _ = self.cancel.cancelled() => return JobEnd::Cancelled,
-                    r = open => match r {
-                        Ok(o) => o,
-                        Err(e) => return JobEnd::Broke(e.to_string()),
-                    },
-                }
-            }
-        };
-        let idle = self.shared.cfg.idle_timeout;
-        let want = self.end - self.start;
-        let mut received = 0u64;
-        let mut batch: Vec<Bytes> = Vec::new();
-        let mut batch_len = 0usize;
-        loop {
-            if received == want || batch_len >= WRITE_BATCH {
-                if let Err(e) = self.flush(&mut batch).await {
-                    return JobEnd::Disk(e);
-                }
-                batch_len = 0;
-                if received == want {
-                    return JobEnd::Done;
-                }
-            }
-            let next = tokio::select! {
-                biased;
-                _ = self.cancel.cancelled() => return JobEnd::Cancelled,
-                n = tokio::time::timeout(idle, opened.body.next()) => n,
-            };
-            let mut chunk = match next {
-                Ok(Some(Ok(c))) => c,
-                Ok(Some(Err(e))) => {
-                    return self.broke(&mut batch, format!("transfer broke: {e}")).await;
-                }
-                Ok(None) => {
-                    let why = format!("body ended at {} of {}", self.start + received, self.end);
-                    return self.broke(&mut batch, why).await;
-                }
-                Err(_) => {
-                    return self
-                        .broke(&mut batch, format!("no data for {idle:?}"))
-                        .await;
-                }
-            };
-            let left = want - received;
-            if chunk.len() as u64 > left {
-                if opened.offset == 0 && self.start == 0 && self.end < self.size {
-                    // The first response is the whole blob; this job keeps its first piece only.
-                    chunk = chunk.slice(..left as usize);
-                } else {
-                    return self
-                        .broke(&mut batch, "peer sent more than asked".into())
-                        .await;
-                }
-            }
-            received += chunk.len() as u64;
-            batch_len += chunk.len();
-            batch.push(chunk);
-        }
-    }
-
-    /// Keep what arrived before the failure (it is good as far as anyone knows; the whole-blob
-    /// hash decides) and report the failure.
-    async fn broke(&self, batch: &mut Vec<Bytes>, why: String) -> JobEnd {
-        match self.flush(batch).await {
-            Ok(()) => JobEnd::Broke(why),
-            Err(e) => JobEnd::Disk(e),
-        }
-    }
-
-    /// Write the batch at the job's current position and count it.
-    async fn flush(&self, batch: &mut Vec<Bytes>) -> io::Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let chunks = std::mem::take(batch);
-        let at = self.start + self.progress.load(Ordering::Acquire);
-        let fd = self.fd.clone();
-        let written = tokio::task::spawn_blocking(move || -> io::Result<u64> {
-            let mut off = at;
-            for c in &chunks {
-                fd.write_all_at(c, off)?;
-                off += c.len() as u64;
-            }
-            Ok(off - at)
-        })
-        .await
-        .map_err(io::Error::other)??;
-        self.progress.fetch_add(written, Ordering::Release);
-        Ok(())
-    }
-}
-
-/// Hash the file in order as the frontier of finished ranges advances; returns the digest of
-/// all `size` bytes, or an error if the frontier's sender goes away first.
-async fn hash_frontier(
-    fd: Arc<File>,
-    algorithm: Algorithm,
-    size: u64,
-    mut frontier: watch::Receiver<u64>,
-) -> io::Result<Digest> {
-    let mut hasher = algorithm.hasher();
-    let mut hashed = 0u64;
-    while hashed < size {
-        let ready = *frontier.borrow_and_update();
-        if ready <= hashed {
-            if frontier.changed().await.is_err() {
-                return Err(io::Error::other(
-                    "download ended before the blob was complete",
-                ));
-            }
-            continue;
-        }
-        let upto = ready.min(hashed + HASH_STEP).min(size);
-        let fd = fd.clone();
-        hasher = tokio::task::spawn_blocking(move || -> io::Result<_> {
-            let mut buf = vec![0u8; HASH_READ];
-            let mut at = hashed;
-            while at < upto {
-                let n = ((upto - at) as usize).min(HASH_READ);
-                fd.read_exact_at(&mut buf[..n], at)?;
-                hasher.update(&buf[..n]);
-                at += n as u64;
-            }
-            Ok(hasher)
-        })
-        .await
-        .map_err(io::Error::other)??;
-        hashed = upto;
-    }
-    Ok(hasher.finish())
 }
 
 #[cfg(test)]
