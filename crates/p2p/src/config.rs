@@ -47,6 +47,10 @@ pub const DEFAULT_P2P_PORT: u16 = 5001;
 /// - `idle_connection_timeout` = 10 min: keeping connections to peers makes the next lookup
 ///   skip TCP + noise handshakes. Kademlia's routing table keeps ~20 peers per bucket, so at
 ///   1,000 nodes a node holds roughly 100-200 connections: cheap.
+/// - `ping_interval` = 5 s and `ping_timeout` = 10 s: a peer that went silent without closing
+///   its connections (powered off, partitioned by a firewall that drops) is disconnected within
+///   ~15 s, so lookups stop yielding it and a pull no longer waits on a connect to it. Left to
+///   TCP, a dead connection lingers until retransmissions give up (~15 min on Linux).
 /// - `parallelism` = 8 (Kademlia's α, 3 by default): lookups for absent keys must hear back from
 ///   the closest nodes before they can say "nobody"; more requests in flight shortens that walk.
 #[derive(Clone)]
@@ -73,6 +77,10 @@ pub struct Config {
     pub dial_timeout: Duration,
     /// How long an unused connection is kept open.
     pub idle_connection_timeout: Duration,
+    /// How often every connection is pinged.
+    pub ping_interval: Duration,
+    /// A ping unanswered for this long closes the connection.
+    pub ping_timeout: Duration,
     /// Most keys this node itself may provide.
     pub max_provided_keys: usize,
     /// Most distinct keys in the local record store (own and others' provider records).
@@ -104,6 +112,8 @@ impl Default for Config {
             query_timeout: Duration::from_secs(5),
             dial_timeout: Duration::from_secs(5),
             idle_connection_timeout: Duration::from_secs(10 * 60),
+            ping_interval: Duration::from_secs(5),
+            ping_timeout: Duration::from_secs(10),
             max_provided_keys: 100_000,
             max_stored_keys: 500_000,
             publish_concurrency: 32,

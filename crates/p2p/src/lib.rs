@@ -27,6 +27,7 @@ mod find;
 mod handle;
 mod identity;
 mod key;
+mod liveness;
 mod node;
 mod psk;
 mod publish;

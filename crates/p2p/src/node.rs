@@ -18,6 +18,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::bootstrap::{BootState, DnsAnswer};
 use crate::find::Find;
 use crate::handle::{COMMAND_BUFFER, Command, Handle, PeerInfo, Status};
+use crate::liveness::Liveness;
 use crate::publish::Publisher;
 use crate::transport::{self, Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use crate::{Bootstrap, Config, Error, identity};
@@ -56,6 +57,7 @@ pub(crate) struct Node {
     pub publish: Publisher,
     pub boot: BootState,
     pub listen_addrs: Vec<Multiaddr>,
+    pub liveness: Liveness,
 }
 
 /// Starts a node: binds every listen address, then runs the swarm on its own task.
@@ -136,6 +138,7 @@ pub async fn spawn(config: Config) -> Result<(Handle, JoinHandle<()>), Error> {
         publish: Publisher::default(),
         boot: BootState::default(),
         listen_addrs,
+        liveness: Liveness::default(),
     };
     let task = tokio::spawn(node.run());
     Ok((handle, task))
@@ -161,7 +164,10 @@ impl Node {
                 },
                 Some(answer) = self.dns_rx.recv() => self.on_dns(answer),
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
-                _ = housekeeping.tick() => self.expire_finds(Instant::now()),
+                _ = housekeeping.tick() => {
+                    self.expire_finds(Instant::now());
+                    self.close_silent(Instant::now());
+                }
                 _ = reprovide.tick() => self.publish.schedule_republish(),
                 _ = redial.tick() => self.redial_static(),
             }
@@ -215,6 +221,7 @@ impl Node {
                     listen_addrs: Vec::new(),
                 });
                 state.connections.insert(connection_id, remote);
+                self.liveness.opened(connection_id, peer_id, Instant::now());
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -222,6 +229,7 @@ impl Node {
                 num_established,
                 ..
             } => {
+                self.liveness.closed(connection_id);
                 if num_established == 0 {
                     tracing::debug!(peer = %peer_id, "disconnected");
                     self.peers.remove(&peer_id);
@@ -246,11 +254,18 @@ impl Node {
                 info,
                 ..
             })) => self.on_identified(peer_id, info),
-            SwarmEvent::Behaviour(BehaviourEvent::Ping(ev)) => {
-                if let (Ok(rtt), Some(s)) = (ev.result, self.peers.get_mut(&ev.peer)) {
-                    s.rtt = Some(rtt);
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ev)) => match ev.result {
+                Ok(rtt) => {
+                    self.liveness.answered(ev.connection, Instant::now());
+                    if let Some(s) = self.peers.get_mut(&ev.peer) {
+                        s.rtt = Some(rtt);
+                    }
                 }
-            }
+                Err(error) => {
+                    tracing::info!(peer = %ev.peer, %error, "pings fail; closing the connection");
+                    self.swarm.close_connection(ev.connection);
+                }
+            },
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
                     self.dial_known(peer, addr);
@@ -258,6 +273,15 @@ impl Node {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) => self.on_kad_event(ev),
             _ => {}
+        }
+    }
+
+    /// See [`Liveness`]: connections that stopped answering pings are closed.
+    fn close_silent(&mut self, now: Instant) {
+        let limit = self.cfg.ping_interval + self.cfg.ping_timeout;
+        for (id, peer) in self.liveness.silent(now, limit) {
+            tracing::info!(peer = %peer, silent_for = ?limit, "peer stopped answering pings; closing the connection");
+            self.swarm.close_connection(id);
         }
     }
 

@@ -120,7 +120,11 @@ pub(crate) fn build_behaviour(
         identify::Config::new(IDENTIFY_PROTOCOL_VERSION.to_owned(), keypair.public())
             .with_agent_version(agent_version(cfg.mirror_port)),
     );
-    let ping = ping::Behaviour::new(ping::Config::new());
+    let ping = ping::Behaviour::new(
+        ping::Config::new()
+            .with_interval(cfg.ping_interval)
+            .with_timeout(cfg.ping_timeout),
+    );
     let mdns = if mdns_on {
         Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id).map_err(Error::Mdns)?)
     } else {
