@@ -116,3 +116,16 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
+
+{{/*
+`--<flag>=<value>` lines for the entries of a dict whose value is set; `null` keeps the daemon's
+default. Whole numbers are printed as integers (YAML numbers reach templates as float64, which
+would print 67108864 as 6.7108864e+07).
+*/}}
+{{- define "shoal.optionalFlags" -}}
+{{- range $flag, $value := . }}
+{{- if not (kindIs "invalid" $value) }}
+- --{{ $flag }}={{ if kindIs "float64" $value }}{{ int64 $value }}{{ else }}{{ $value }}{{ end }}
+{{- end }}
+{{- end }}
+{{- end }}
