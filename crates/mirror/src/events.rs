@@ -26,6 +26,9 @@ pub enum FetchEventKind {
     /// in order; `bytes` is their total) of the blob that then verified. One event per
     /// contributing peer, just before `Verified`.
     Served { bytes: u64, spans: Vec<(u64, u64)> },
+    /// A HEAD was answered from a peer's response headers (the blob is `size` bytes long);
+    /// nothing was fetched or sent. Ends the request, so a later GET is explained on its own.
+    HeadAnswered { size: u64 },
     /// The whole blob (`bytes` long) passed verification; only now may it be sent.
     Verified { bytes: u64 },
     /// Every attempt failed (or the blob could not be spooled); the request was answered 404

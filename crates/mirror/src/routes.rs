@@ -326,6 +326,11 @@ async fn blob(shared: &Arc<Shared>, ask: &Ask, repository: Repository, digest: D
         content_type,
     };
     if ask.head {
+        shared.event(
+            &f.key,
+            Some(&opened.provider.peer),
+            FetchEventKind::HeadAnswered { size: opened.size },
+        );
         return Ok((serve::head(&meta), Source::Peer));
     }
     let threshold = shared.cfg.small_blob_threshold;

@@ -1,9 +1,10 @@
 //! Turning the mirror's fetch event log into "what happened to each request" for `shoal explain`.
 //!
 //! The mirror logs events, not requests: a local hit, a miss, a peer opened or failed at an
-//! offset, a digest mismatch, a verified blob, a give-up. Events of one key are grouped into
-//! requests here: a request ends at a local hit, a miss, a verified blob or a give-up; every
-//! failure before its end is a failover of that request.
+//! offset, a digest mismatch, a verified blob, a HEAD answered, a give-up. Events of one key are
+//! grouped into requests here: a request ends at a local hit, a miss, a verified blob, a HEAD
+//! answered from a peer's headers or a give-up; every failure before its end is a failover of
+//! that request.
 
 use std::collections::HashMap;
 use std::time::SystemTime;
@@ -90,6 +91,16 @@ pub fn requests(events: &[FetchEvent], size: u64, addrs: &HashMap<String, String
                         .map(|&(start, end)| ByteSpan { start, end })
                         .collect(),
                 });
+            }
+            FetchEventKind::HeadAnswered { size } => {
+                let (started, mut req) = open.take().unwrap_or_else(|| start(ev.at));
+                req.source = "head".into();
+                req.peer_id = peer.clone();
+                req.peer_addr = addr(&peer);
+                req.duration_ms = ms(ev.at.duration_since(started).unwrap_or_default());
+                req.summary =
+                    format!("HEAD answered by peer {peer} ({size} bytes); no bytes fetched");
+                out.push(req);
             }
             FetchEventKind::Verified { bytes } => {
                 let (started, mut req) = open.take().unwrap_or_else(|| start(ev.at));
@@ -219,6 +230,34 @@ mod tests {
         assert_eq!(r.failovers[0].reason_kind, "peer-died");
         assert_eq!(r.failovers[0].offset, 4096);
         assert!(r.summary.contains("after 1 failover"), "{}", r.summary);
+    }
+
+    #[test]
+    fn head_then_get_are_two_requests_each_timed_from_its_own_start() {
+        let events = vec![
+            ev(0, Some("A"), FetchEventKind::PeerOpened { offset: 0 }),
+            ev(5, Some("A"), FetchEventKind::HeadAnswered { size: 9000 }),
+            ev(2_000, Some("B"), FetchEventKind::PeerOpened { offset: 0 }),
+            ev(2_300, Some("B"), FetchEventKind::Verified { bytes: 9000 }),
+        ];
+        let reqs = requests(&events, 9000, &HashMap::new());
+        let got: Vec<(&str, &str, u64, u64)> = reqs
+            .iter()
+            .map(|r| {
+                (
+                    r.source.as_str(),
+                    r.peer_id.as_str(),
+                    r.bytes,
+                    r.duration_ms,
+                )
+            })
+            .collect();
+        assert_eq!(got, [("head", "A", 0, 5), ("peer", "B", 9000, 300)]);
+        assert!(
+            reqs[0].summary.contains("9000 bytes"),
+            "{}",
+            reqs[0].summary
+        );
     }
 
     #[test]

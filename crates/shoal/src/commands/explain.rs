@@ -107,7 +107,7 @@ pub fn text(r: &ExplainResponse) -> String {
                 } else {
                     render::bytes(q.bytes)
                 },
-                if q.source == "peer" || q.source == "failed" {
+                if matches!(q.source.as_str(), "peer" | "failed" | "head") {
                     render::age_ms(q.duration_ms)
                 } else {
                     "-".into()
