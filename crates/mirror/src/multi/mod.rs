@@ -31,7 +31,7 @@
 //! fetched again from one provider at a time through the sequential path ([`crate::download`]),
 //! where a mismatch does identify its peer and marks it bad.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::sync::Arc;
@@ -55,9 +55,11 @@ use crate::state::Shared;
 
 mod frontier;
 mod range_job;
+mod spans;
 
 use frontier::hash_frontier;
 use range_job::RangeJob;
+use spans::{Intervals, add_span, total};
 
 /// Bytes a worker gathers before one positional write.
 const WRITE_BATCH: usize = 1024 * 1024;
@@ -147,10 +149,6 @@ fn gave_up(fetch: &Fetch, why: String) -> GaveUp {
     GaveUp(why)
 }
 
-fn total(spans: &[(u64, u64)]) -> u64 {
-    spans.iter().map(|(s, e)| e - s).sum()
-}
-
 /// Why a multi-peer download stopped without a digest to compare.
 enum Failure {
     Disk(io::Error),
@@ -205,38 +203,6 @@ struct Slot {
     start: u64,
     end: u64,
     jobs: Vec<Job>,
-}
-
-/// Finished byte ranges, merged.
-#[derive(Default)]
-struct Intervals(BTreeMap<u64, u64>);
-
-impl Intervals {
-    fn insert(&mut self, mut start: u64, mut end: u64) {
-        if start >= end {
-            return;
-        }
-        if let Some((&s, &e)) = self.0.range(..=start).next_back() {
-            if e >= start {
-                start = s;
-                end = end.max(e);
-                self.0.remove(&s);
-            }
-        }
-        while let Some((&s, &e)) = self.0.range(start..).next() {
-            if s > end {
-                break;
-            }
-            end = end.max(e);
-            self.0.remove(&s);
-        }
-        self.0.insert(start, end);
-    }
-
-    /// End of the contiguous prefix from byte 0.
-    fn frontier(&self) -> u64 {
-        self.0.get(&0).copied().unwrap_or(0)
-    }
 }
 
 /// Aborts the hasher task if the download is abandoned.
@@ -596,20 +562,3 @@ impl<'a> Run<'a> {
         self.frontier.send_replace(self.done.frontier());
     }
 }
-
-/// Append `[s, e)` to a peer's spans, merging with its neighbour when they touch.
-fn add_span(spans: &mut Vec<(u64, u64)>, s: u64, e: u64) {
-    spans.push((s, e));
-    spans.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(spans.len());
-    for &(s, e) in spans.iter() {
-        match merged.last_mut() {
-            Some(last) if last.1 >= s => last.1 = last.1.max(e),
-            _ => merged.push((s, e)),
-        }
-    }
-    *spans = merged;
-}
-
-#[cfg(test)]
-mod tests;
