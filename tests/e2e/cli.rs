@@ -2,7 +2,7 @@
 //! a peer-to-peer pull, and `doctor` on a healthy node (all PASS) and with each finding provoked
 //! by a fixture. Every command is run with `--json` and its output parsed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -318,6 +318,37 @@ fn assert_finding(report: &Value, id: &str, status: &str, evidence: &str, fix: &
     );
 }
 
+/// A private CA and a server certificate for 127.0.0.1 signed by it, made with `openssl` in
+/// `dir` (`ca.pem`, `cert.pem`, `key.pem`). Returns the CA's path.
+fn private_ca_and_server_cert(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    write(
+        &dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    );
+    let key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    let steps = [
+        format!("req -x509 -days 2 -subj /CN=shoal-test-ca -keyout ca.key -out ca.pem {key}"),
+        format!("req -new -subj /CN=127.0.0.1 -keyout key.pem -out leaf.csr {key}"),
+        "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+         -extfile leaf.ext -out cert.pem"
+            .to_owned(),
+    ];
+    for args in steps {
+        let out = std::process::Command::new("openssl")
+            .args(args.split_whitespace())
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    dir.join("ca.pem")
+}
+
 fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, text).unwrap();
@@ -503,6 +534,50 @@ fn doctor_passes_a_healthy_node_and_reports_each_finding_with_its_fix() {
             .to_string()
             .contains("Basic realm")
     );
+
+    // 10 over https, with containerd's TLS settings: the same kind of registry behind a
+    // certificate from a private CA, named once with `ca` (probed: 401) and once without
+    // (the certificate is not trusted, as containerd would find).
+    std::fs::remove_dir_all(n.hosts_dir().join("private.test")).unwrap();
+    let tls_dir = n.dir().join("tlsreg");
+    let ca = private_ca_and_server_cert(&tls_dir);
+    write(
+        &tls_dir.join("config.yml"),
+        &format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {0}/data\nhttp:\n  addr: 127.0.0.1:5003\n  tls:\n    certificate: {0}/cert.pem\n    key: {0}/key.pem\nauth:\n  htpasswd:\n    realm: shoal-tls-test\n    path: {0}/htpasswd\n",
+            tls_dir.display()
+        ),
+    );
+    let tls_reg = n.spawn(
+        "docker-registry",
+        &["serve", &tls_dir.join("config.yml").display().to_string()],
+    );
+    tls_reg
+        .wait_for_log("listening on", Duration::from_secs(10))
+        .unwrap();
+    let https = "https://127.0.0.1:5003";
+    write(
+        &n.hosts_dir().join("tls-private.test/hosts.toml"),
+        &format!("server = \"{https}\"\nca = \"{}\"\n", ca.display()),
+    );
+    write(
+        &n.hosts_dir().join("tls-untrusted.test/hosts.toml"),
+        &format!("server = \"{https}\"\n"),
+    );
+    let (_, r) = doctor(n, &d1, &[]);
+    assert_finding(
+        &r,
+        "registry-auth",
+        "warn",
+        "GET https://127.0.0.1:5003/v2/ -> 401 (Basic realm=\\\"shoal-tls-test\\\"",
+        "robot",
+    );
+    let evidence = check(&r, "registry-auth")["evidence"].to_string();
+    assert!(evidence.contains("UnknownIssuer"), "{evidence}");
+    std::fs::remove_dir_all(n.hosts_dir().join("tls-private.test")).unwrap();
+    let (_, r) = doctor(n, &d1, &[]);
+    assert_finding(&r, "registry-auth", "warn", "UnknownIssuer", "ca = ");
+    std::fs::remove_dir_all(n.hosts_dir().join("tls-untrusted.test")).unwrap();
 
     // 11. Zero peers once node 2's daemon is gone; 8. mirror unreachable once node 1's is gone,
     // and the other checks still run without the daemon.

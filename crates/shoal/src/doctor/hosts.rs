@@ -1,10 +1,19 @@
 //! Reading a containerd hosts directory (`<dir>/<registry>/hosts.toml`) the way containerd does,
 //! to check what it routes where: the catch-all `_default`, which registries ask Shoal first,
-//! and every endpoint (server and `[host]`) named.
+//! every endpoint (server and `[host]`) named, and how containerd talks TLS to each.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use toml_edit::{DocumentMut, Item};
+use toml_edit::{DocumentMut, Item, TableLike};
+
+/// containerd's TLS settings for one endpoint: `ca` (one path or a list, relative paths taken
+/// from the hosts.toml's directory) and `skip_verify`. Top-level keys apply to `server`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Tls {
+    pub ca: Vec<PathBuf>,
+    pub skip_verify: bool,
+}
 
 /// One `<registry>/hosts.toml`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +25,8 @@ pub struct HostsFile {
     pub server: Option<String>,
     /// `[host."…"]` URLs in file order, each with whether it is Shoal's.
     pub hosts: Vec<(String, bool)>,
+    /// TLS settings of the server and of each host that has any, by URL.
+    pub tls: BTreeMap<String, Tls>,
     /// Why the file could not be read or parsed.
     pub problem: Option<String>,
 }
@@ -33,6 +44,11 @@ impl HostsFile {
             .map(|s| (s.clone(), false))
             .chain(self.hosts.iter().cloned())
             .collect()
+    }
+
+    /// How containerd talks TLS to `url` (the system's roots, verified, when nothing is set).
+    pub fn tls_for(&self, url: &str) -> Tls {
+        self.tls.get(url).cloned().unwrap_or_default()
     }
 }
 
@@ -55,6 +71,7 @@ pub fn scan(root: &Path, mirrors: &[String]) -> Result<Vec<HostsFile>, String> {
                 path: path.clone(),
                 server: None,
                 hosts: Vec::new(),
+                tls: BTreeMap::new(),
                 problem: Some(format!("cannot read {}: {e}", path.display())),
             },
         });
@@ -70,8 +87,10 @@ pub fn parse(registry: &str, path: &Path, text: &str, mirrors: &[String]) -> Hos
         path: path.to_owned(),
         server: None,
         hosts: Vec::new(),
+        tls: BTreeMap::new(),
         problem: None,
     };
+    let base = path.parent().unwrap_or(Path::new("."));
     let doc = match text.parse::<DocumentMut>() {
         Ok(d) => d,
         Err(e) => {
@@ -84,6 +103,12 @@ pub fn parse(registry: &str, path: &Path, text: &str, mirrors: &[String]) -> Hos
         }
     };
     f.server = doc.get("server").and_then(Item::as_str).map(str::to_owned);
+    if let Some(server) = &f.server {
+        let tls = tls_of(doc.as_table(), base);
+        if tls != Tls::default() {
+            f.tls.insert(server.clone(), tls);
+        }
+    }
     if let Some(hosts) = doc.get("host").and_then(Item::as_table_like) {
         let mut list: Vec<(isize, String, bool)> = hosts
             .iter()
@@ -94,6 +119,13 @@ pub fn parse(registry: &str, path: &Path, text: &str, mirrors: &[String]) -> Hos
                     .and_then(|p| p.as_str())
                     .is_some_and(|p| p.contains(shoal_hosts::MARKER));
                 let known = mirrors.iter().any(|m| same_url(m, url));
+                if let Some(tls) = item
+                    .as_table_like()
+                    .map(|t| tls_of(t, base))
+                    .filter(|t| *t != Tls::default())
+                {
+                    f.tls.insert(url.to_owned(), tls);
+                }
                 let pos = item
                     .as_table()
                     .and_then(|t| t.position())
@@ -106,6 +138,25 @@ pub fn parse(registry: &str, path: &Path, text: &str, mirrors: &[String]) -> Hos
         f.hosts = list.into_iter().map(|(_, u, s)| (u, s)).collect();
     }
     f
+}
+
+fn tls_of(t: &dyn TableLike, base: &Path) -> Tls {
+    let ca = match t.get("ca") {
+        Some(Item::Value(toml_edit::Value::Array(a))) => a
+            .iter()
+            .filter_map(|v| v.as_str())
+            .map(PathBuf::from)
+            .collect(),
+        Some(item) => item.as_str().map(PathBuf::from).into_iter().collect(),
+        None => Vec::new(),
+    };
+    Tls {
+        ca: ca.into_iter().map(|p: PathBuf| base.join(p)).collect(),
+        skip_verify: t
+            .get("skip_verify")
+            .and_then(Item::as_bool)
+            .unwrap_or(false),
+    }
 }
 
 fn same_url(a: &str, b: &str) -> bool {
@@ -158,6 +209,34 @@ mod tests {
         assert!(f.has_shoal());
         let f = parse("ghcr.io", Path::new("h"), "server = ", &[]);
         assert!(f.problem.unwrap().contains("not valid TOML"));
+    }
+
+    #[test]
+    fn tls_settings_per_endpoint_with_relative_ca_paths() {
+        let text = "server = \"https://harbor.corp\"\nca = \"harbor-ca.pem\"\n\n\
+                    [host.\"https://mirror.corp\"]\n  ca = [\"/etc/a.pem\", \"b.pem\"]\n\n\
+                    [host.\"https://lab.corp\"]\n  skip_verify = true\n\n\
+                    [host.\"http://127.0.0.1:5000\"]\n  capabilities = [\"pull\"]\n";
+        let f = parse(
+            "harbor.corp",
+            Path::new("/h/harbor.corp/hosts.toml"),
+            text,
+            &[],
+        );
+        assert_eq!(
+            f.tls_for("https://harbor.corp").ca,
+            [PathBuf::from("/h/harbor.corp/harbor-ca.pem")]
+        );
+        assert_eq!(
+            f.tls_for("https://mirror.corp").ca,
+            [
+                PathBuf::from("/etc/a.pem"),
+                PathBuf::from("/h/harbor.corp/b.pem")
+            ]
+        );
+        assert!(f.tls_for("https://lab.corp").skip_verify);
+        assert_eq!(f.tls_for("http://127.0.0.1:5000"), Tls::default());
+        assert_eq!(f.tls.len(), 3);
     }
 
     #[test]

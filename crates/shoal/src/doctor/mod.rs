@@ -1,5 +1,6 @@
 //! `shoal doctor`'s checks: the manual troubleshooting checklists of the operators' runbooks
-//! (look for `_default`, stale ingests, `config_path`, 401s, unresolvable hosts…) as code.
+//! (look for `_default`, stale ingests, `config_path`, 401s, untrusted certificates, unresolvable
+//! hosts…) as code.
 //!
 //! Every check returns PASS, WARN, FAIL or SKIP with the evidence it saw and, when not passing,
 //! the fix. File checks need nothing running; the containerd, network and daemon checks are

@@ -1,6 +1,7 @@
-//! The checks that talk to something: containerd's Version RPC, HTTP probes of the endpoints
-//! named in hosts.toml, name resolution, and the daemon's admin socket. Each is bounded by
-//! `Inputs::timeout`; only hosts named in the node's hosts.toml files are contacted.
+//! The checks that talk to something: containerd's Version RPC, HTTP(S) probes of the endpoints
+//! named in hosts.toml (with the `ca` and `skip_verify` containerd would use), name resolution,
+//! and the daemon's admin socket. Each is bounded by `Inputs::timeout`; only hosts named in the
+//! node's hosts.toml files are contacted.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use containerd_client::services::v1::version_client::VersionClient;
 
 use super::config::ContainerdConfig;
-use super::hosts::{HostsFile, host_of};
+use super::hosts::{HostsFile, Tls, host_of};
 use super::{Check, Inputs, Level};
 use crate::admin::proto::StatusRequest;
 
@@ -60,13 +61,52 @@ pub async fn containerd_version(socket: &Path, timeout: Duration) -> Version {
     }
 }
 
-fn client(timeout: Duration) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
+/// A client that talks TLS to an endpoint the way containerd would: the system's roots plus the
+/// endpoint's `ca` files, or no verification with `skip_verify`.
+fn client(timeout: Duration, tls: &Tls) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
+        .redirect(reqwest::redirect::Policy::none());
+    for path in &tls.ca {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("cannot read its CA file {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            format!(
+                "its CA file {} holds no PEM certificate: {e}",
+                path.display()
+            )
+        })?;
+        b = b.tls_certs_merge(certs);
+    }
+    if tls.skip_verify {
+        b = b.tls_danger_accept_invalid_certs(true);
+    }
+    b.build()
         .map_err(|e| format!("cannot build an HTTP client: {e}"))
+}
+
+/// Every endpoint of `files` that `keep` accepts (by whether it is Shoal's), with its TLS; an
+/// URL named in two files with different TLS settings is probed once for each.
+fn endpoints(files: &[HostsFile], keep: impl Fn(bool) -> bool) -> BTreeSet<(String, Tls)> {
+    files
+        .iter()
+        .flat_map(|f| {
+            f.endpoints()
+                .into_iter()
+                .filter(|(_, shoal)| keep(*shoal))
+                .map(|(url, _)| {
+                    let tls = f.tls_for(&url);
+                    (url, tls)
+                })
+        })
+        .collect()
+}
+
+/// Whether a request failed on the TLS handshake's certificate check.
+fn is_certificate_error(chain: &str) -> bool {
+    let c = chain.to_ascii_lowercase();
+    c.contains("certificate") || c.contains("unknownissuer")
 }
 
 fn v2(url: &str) -> String {
@@ -79,10 +119,13 @@ pub async fn mirror_reachable(inputs: &Inputs, files: &Files) -> Check {
         "mirror-reachable",
         "Shoal's mirror endpoint answers from this node",
     );
-    let mut urls: BTreeSet<String> = inputs.mirrors.iter().cloned().collect();
-    if let Ok(files) = files {
-        for f in files {
-            urls.extend(f.hosts.iter().filter(|(_, s)| *s).map(|(u, _)| u.clone()));
+    let mut urls = files
+        .as_ref()
+        .map(|f| endpoints(f, |shoal| shoal))
+        .unwrap_or_default();
+    for m in &inputs.mirrors {
+        if !urls.iter().any(|(u, _)| u == m) {
+            urls.insert((m.clone(), Tls::default()));
         }
     }
     if urls.is_empty() {
@@ -92,21 +135,14 @@ pub async fn mirror_reachable(inputs: &Inputs, files: &Files) -> Check {
         );
         return c;
     }
-    let http = match client(inputs.timeout) {
-        Ok(h) => h,
-        Err(e) => {
-            c.raise(Level::Skip, e);
-            return c;
-        }
-    };
-    for url in urls.into_iter().take(MAX_PROBES) {
-        if url.starts_with("https://") {
-            c.raise(
-                Level::Warn,
-                format!("{url}: https endpoint not checked (this build has no TLS client)"),
-            );
-            continue;
-        }
+    for (url, tls) in urls.into_iter().take(MAX_PROBES) {
+        let http = match client(inputs.timeout, &tls) {
+            Ok(h) => h,
+            Err(e) => {
+                c.raise(Level::Fail, format!("{url}: {e}"));
+                continue;
+            }
+        };
         let started = Instant::now();
         match http.get(v2(&url)).send().await {
             Ok(resp) => {
@@ -209,7 +245,8 @@ async fn resolve(host: &str, timeout: Duration) -> Result<String, String> {
     }
 }
 
-/// Check 10: A registry endpoint that wants credentials (HTTP Basic) for `/v2/`, with none configured.
+/// Check 10: A registry endpoint whose TLS certificate this node does not trust (with the `ca`
+/// and `skip_verify` of its hosts.toml), or that wants credentials (HTTP Basic) with none configured.
 pub async fn anonymous_401(
     inputs: &Inputs,
     files: &Files,
@@ -217,47 +254,32 @@ pub async fn anonymous_401(
 ) -> Check {
     let mut c = Check::new(
         "registry-auth",
-        "registry endpoints in hosts.toml accept this node's pulls (no 401 without credentials)",
+        "registry endpoints in hosts.toml accept this node's pulls (trusted TLS, no 401 without credentials)",
     );
     let Ok(files) = files else {
         c.raise(Level::Skip, "hosts directory unreadable (see check 1)");
         return c;
     };
-    let mut urls: BTreeSet<String> = BTreeSet::new();
-    for f in files {
-        urls.extend(
-            f.endpoints()
-                .into_iter()
-                .filter(|(_, shoal)| !shoal)
-                .map(|(u, _)| u),
-        );
-    }
+    let urls = endpoints(files, |shoal| !shoal);
     if urls.is_empty() {
         c.note("no registry endpoint named in hosts.toml");
         return c;
     }
-    let http = match client(inputs.timeout) {
-        Ok(h) => h,
-        Err(e) => {
-            c.raise(Level::Skip, e);
-            return c;
-        }
-    };
-    let mut needs_credentials = false;
-    for url in urls.into_iter().take(MAX_PROBES) {
-        if !url.starts_with("http://") {
-            c.note(format!(
-                "{url}: not checked (https needs TLS, which this build does not include)"
-            ));
-            continue;
-        }
-        let resp = match http.get(v2(&url)).send().await {
+    let (mut needs_credentials, mut untrusted) = (false, false);
+    for (url, tls) in urls.into_iter().take(MAX_PROBES) {
+        let resp = match client(inputs.timeout, &tls) {
+            Ok(http) => http.get(v2(&url)).send().await,
+            Err(e) => {
+                c.raise(Level::Warn, format!("{url}: {e}"));
+                continue;
+            }
+        };
+        let resp = match resp {
             Ok(r) => r,
             Err(e) => {
-                c.raise(
-                    Level::Warn,
-                    format!("GET {}: {}", v2(&url), error_chain(&e)),
-                );
+                let chain = error_chain(&e);
+                untrusted |= is_certificate_error(&chain);
+                c.raise(Level::Warn, format!("GET {}: {chain}", v2(&url)));
                 continue;
             }
         };
@@ -307,6 +329,14 @@ pub async fn anonymous_401(
             )
             }
         }
+    }
+    if untrusted && !needs_credentials {
+        return c.fix(
+            "an endpoint's TLS certificate is not trusted from this node, so containerd fails the \
+             same way: give containerd the registry's CA with `ca = \"/path/ca.pem\"` in that \
+             hosts.toml (Talos: machine.registries.config.<host>.tls.ca), or fix the certificate \
+             (expired, wrong name); `skip_verify = true` only on a lab cluster",
+        );
     }
     if !needs_credentials {
         return c.fix(
