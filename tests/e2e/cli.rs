@@ -2,12 +2,12 @@
 //! a peer-to-peer pull, and `doctor` on a healthy node (all PASS) and with each finding provoked
 //! by a fixture. Every command is run with `--json` and its output parsed.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use shoal_tests::{Daemon, Node, Rig, TestImage, shoal_bin};
+use shoal_tests::{Daemon, Node, Process, Rig, TestImage, shoal_bin};
 
 fn configure(node: &Node) {
     let out = std::process::Command::new(shoal_bin())
@@ -318,9 +318,36 @@ fn assert_finding(report: &Value, id: &str, status: &str, evidence: &str, fix: &
     );
 }
 
+/// A distribution registry on 127.0.0.1:`port` of `n` that wants HTTP Basic credentials
+/// (htpasswd), in `n.dir()/<name>`; with `tls`, behind a certificate from a private CA
+/// (`<name>/ca.pem`).
+fn basic_auth_registry(n: &Node, name: &str, port: u16, tls: bool) -> Process {
+    let dir = n.dir().join(name);
+    let d = dir.display();
+    let tls_config = if tls {
+        private_ca_and_server_cert(&dir);
+        format!("  tls:\n    certificate: {d}/cert.pem\n    key: {d}/key.pem\n")
+    } else {
+        String::new()
+    };
+    write(
+        &dir.join("config.yml"),
+        &format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {d}/data\nhttp:\n  addr: 127.0.0.1:{port}\n{tls_config}auth:\n  htpasswd:\n    realm: {name}\n    path: {d}/htpasswd\n"
+        ),
+    );
+    let reg = n.spawn(
+        "docker-registry",
+        &["serve", &dir.join("config.yml").display().to_string()],
+    );
+    reg.wait_for_log("listening on", Duration::from_secs(10))
+        .unwrap();
+    reg
+}
+
 /// A private CA and a server certificate for 127.0.0.1 signed by it, made with `openssl` in
-/// `dir` (`ca.pem`, `cert.pem`, `key.pem`). Returns the CA's path.
-fn private_ca_and_server_cert(dir: &Path) -> PathBuf {
+/// `dir` (`ca.pem`, `cert.pem`, `key.pem`).
+fn private_ca_and_server_cert(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     write(
         &dir.join("leaf.ext"),
@@ -346,7 +373,6 @@ fn private_ca_and_server_cert(dir: &Path) -> PathBuf {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    dir.join("ca.pem")
 }
 
 fn write(path: &Path, text: &str) {
@@ -501,21 +527,7 @@ fn doctor_passes_a_healthy_node_and_reports_each_finding_with_its_fix() {
         &shoal_tests::hosts_toml("http://harbor.shoal-doctor.invalid:5000"),
     );
     // 10. A registry that wants credentials (htpasswd) for an anonymous /v2/.
-    let reg_dir = n.dir().join("authreg");
-    write(
-        &reg_dir.join("config.yml"),
-        &format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {0}/data\nhttp:\n  addr: 127.0.0.1:5002\nauth:\n  htpasswd:\n    realm: shoal-test\n    path: {0}/htpasswd\n",
-            reg_dir.display()
-        ),
-    );
-    let auth_reg = n.spawn(
-        "docker-registry",
-        &["serve", &reg_dir.join("config.yml").display().to_string()],
-    );
-    auth_reg
-        .wait_for_log("listening on", Duration::from_secs(10))
-        .unwrap();
+    let _auth_reg = basic_auth_registry(n, "authreg", 5002, false);
     write(
         &n.hosts_dir().join("private.test/hosts.toml"),
         &shoal_tests::hosts_toml("http://127.0.0.1:5002"),
@@ -539,22 +551,8 @@ fn doctor_passes_a_healthy_node_and_reports_each_finding_with_its_fix() {
     // certificate from a private CA, named once with `ca` (probed: 401) and once without
     // (the certificate is not trusted, as containerd would find).
     std::fs::remove_dir_all(n.hosts_dir().join("private.test")).unwrap();
-    let tls_dir = n.dir().join("tlsreg");
-    let ca = private_ca_and_server_cert(&tls_dir);
-    write(
-        &tls_dir.join("config.yml"),
-        &format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {0}/data\nhttp:\n  addr: 127.0.0.1:5003\n  tls:\n    certificate: {0}/cert.pem\n    key: {0}/key.pem\nauth:\n  htpasswd:\n    realm: shoal-tls-test\n    path: {0}/htpasswd\n",
-            tls_dir.display()
-        ),
-    );
-    let tls_reg = n.spawn(
-        "docker-registry",
-        &["serve", &tls_dir.join("config.yml").display().to_string()],
-    );
-    tls_reg
-        .wait_for_log("listening on", Duration::from_secs(10))
-        .unwrap();
+    let _tls_reg = basic_auth_registry(n, "tlsreg", 5003, true);
+    let ca = n.dir().join("tlsreg/ca.pem");
     let https = "https://127.0.0.1:5003";
     write(
         &n.hosts_dir().join("tls-private.test/hosts.toml"),
@@ -569,7 +567,7 @@ fn doctor_passes_a_healthy_node_and_reports_each_finding_with_its_fix() {
         &r,
         "registry-auth",
         "warn",
-        "GET https://127.0.0.1:5003/v2/ -> 401 (Basic realm=\\\"shoal-tls-test\\\"",
+        "GET https://127.0.0.1:5003/v2/ -> 401 (Basic realm=\\\"tlsreg\\\"",
         "robot",
     );
     let evidence = check(&r, "registry-auth")["evidence"].to_string();
