@@ -267,6 +267,12 @@ fn a_partition_answers_fast_and_content_is_found_again_when_it_heals() {
         );
     }
 
+    // Its pings go unanswered: the puller closes the half-open connection (p2p liveness:
+    // 5 s ping interval + 10 s timeout) rather than keeping it until TCP gives up, so the
+    // holder is no longer offered as a provider.
+    let dropped = wait_for_no_peers(&d2, Duration::from_secs(45));
+    eprintln!("the partitioned holder was disconnected {dropped:?} after the cut");
+
     rig.set_node_link(0, true);
     let healed = Instant::now();
     d2.wait_found(&img, &layer);
@@ -277,6 +283,26 @@ fn a_partition_answers_fast_and_content_is_found_again_when_it_heals() {
     rig.registry().stop();
     rig.node(1).cri_pull(img.reference()).unwrap();
     assert!(d2.metric("shoal_mirror_bytes_total", &["source=\"peer\""]) >= layer_size(&img));
+}
+
+/// Waits until `d` lists no connected peer; returns how long that took, panics after `limit`.
+fn wait_for_no_peers(d: &Daemon, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let out = d.cli(&["peers", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("shoal peers --json: {e}: {out:?}"));
+        let peers = v["peers"].as_array().map_or(0, Vec::len);
+        if peers == 0 {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "still {peers} peer(s) after {limit:?}: {v}\n{}",
+            d.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 fn layer_size(img: &TestImage) -> f64 {
