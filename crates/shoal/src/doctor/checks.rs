@@ -345,7 +345,11 @@ pub fn discard_unpacked(inputs: &Inputs, cfg: &Result<ContainerdConfig, String>)
     ))
 }
 
-/// Check 7: containerd ≥ 2.1 pulls for the CRI through the transfer service unless told not to.
+/// Check 7: containerd ≥ 2.1 pulls for the CRI through the transfer service unless told not to,
+/// and in that mode a `config_path` listing several directories is taken as one path, so no
+/// hosts.toml is read (containerd issue 12415). One directory works in both modes: a CRI pull
+/// through Shoal with the registry stopped succeeds on containerd 2.2.9's default
+/// (`scripts/test-containerd2`).
 pub fn transfer_service(cfg: &Result<ContainerdConfig, String>, version: &Version) -> Check {
     let mut c = Check::new(
         "transfer-service",
@@ -372,38 +376,53 @@ pub fn transfer_service(cfg: &Result<ContainerdConfig, String>, version: &Versio
         return c;
     }
     let cfg = cfg.as_ref().ok();
-    let local = cfg.and_then(ContainerdConfig::use_local_image_pull);
-    match local {
-        Some(f) if f.value => c.note(format!(
+    if let Some(f) = cfg
+        .and_then(ContainerdConfig::use_local_image_pull)
+        .filter(|f| f.value)
+    {
+        c.note(format!(
             "containerd {v}, {} = true in {}: CRI pulls run in-process and read config_path",
             f.key,
             f.file.display()
-        )),
-        _ => {
+        ));
+        return c;
+    }
+    match cfg.and_then(ContainerdConfig::config_path) {
+        Some(cp) if cp.value.contains(':') => {
             c.raise(
                 Level::Warn,
                 format!(
-                    "containerd {v} hands CRI pulls to its transfer service (use_local_image_pull is not true); \
-                     hosts.toml mirrors have been reported ignored in that mode (containerd issue 12415: a \
-                     config_path listing several directories is taken as one path; spegel discussion 1294)"
+                    "containerd {v} hands CRI pulls to its transfer service (use_local_image_pull is \
+                     not true), and {} = {:?} in {} lists several directories: in that mode it is \
+                     taken as one path and no hosts.toml is read, so every pull goes upstream \
+                     (containerd issue 12415)",
+                    cp.key,
+                    cp.value,
+                    cp.file.display()
                 ),
             );
-            if let Some(cp) = cfg
-                .and_then(ContainerdConfig::config_path)
-                .filter(|f| f.value.contains(':'))
-            {
-                c.note(format!(
-                    "{} = {:?} lists several directories",
-                    cp.key, cp.value
-                ));
-            }
+            c.fix(
+                "set use_local_image_pull = true under [plugins.\"io.containerd.cri.v1.images\"], or make \
+                 config_path a single directory, and restart containerd; then confirm with `shoal \
+                 explain <image>` after a pull that blobs come from peers",
+            )
+        }
+        Some(cp) => {
+            c.note(format!(
+                "containerd {v} hands CRI pulls to its transfer service, which reads the single \
+                 directory {} = {:?}",
+                cp.key, cp.value
+            ));
+            c
+        }
+        None => {
+            c.note(format!(
+                "containerd {v} hands CRI pulls to its transfer service; no config_path found in \
+                 the config read (see the config-path check)"
+            ));
+            c
         }
     }
-    c.fix(
-        "set use_local_image_pull = true under [plugins.\"io.containerd.cri.v1.images\"] (or keep \
-         config_path a single directory) and restart containerd; then confirm with `shoal explain \
-         <image>` after a pull that blobs come from peers",
-    )
 }
 
 /// `1.6.20~ds1` → (1, 6); `v2.1.4` → (2, 1).
@@ -448,7 +467,7 @@ mod tests {
     }
 
     #[test]
-    fn transfer_service_warns_from_2_1_unless_local_pull() {
+    fn transfer_service_warns_only_for_several_directories_without_local_pull() {
         let plain = cfg("version = 3\n");
         assert_eq!(
             transfer_service(&plain, &known("1.7.24")).status,
@@ -458,12 +477,23 @@ mod tests {
             transfer_service(&plain, &known("v2.0.5")).status,
             Level::Pass
         );
-        let c = transfer_service(&plain, &known("2.1.4"));
+        let images = "version = 3\n[plugins.'io.containerd.cri.v1.images']\n";
+        let one_dir = cfg(&format!(
+            "{images}[plugins.'io.containerd.cri.v1.images'.registry]\nconfig_path = '/etc/containerd/certs.d'\n"
+        ));
+        let c = transfer_service(&one_dir, &known("2.2.9"));
+        assert_eq!(c.status, Level::Pass, "{c:?}");
+        assert!(c.evidence.iter().any(|e| e.contains("single directory")));
+        let two_dirs = cfg(&format!(
+            "{images}[plugins.'io.containerd.cri.v1.images'.registry]\nconfig_path = '/etc/containerd/certs.d:/etc/docker/certs.d'\n"
+        ));
+        let c = transfer_service(&two_dirs, &known("2.1.4"));
         assert_eq!(c.status, Level::Warn);
         assert!(c.fix.contains("use_local_image_pull = true"), "{}", c.fix);
-        let local = cfg(
-            "version = 3\n[plugins.'io.containerd.cri.v1.images']\nuse_local_image_pull = true\n",
-        );
+        assert!(c.evidence.iter().any(|e| e.contains("12415")));
+        let local = cfg(&format!(
+            "{images}use_local_image_pull = true\n[plugins.'io.containerd.cri.v1.images'.registry]\nconfig_path = '/a:/b'\n"
+        ));
         assert_eq!(
             transfer_service(&local, &known("2.2.0")).status,
             Level::Pass
