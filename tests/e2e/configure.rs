@@ -96,6 +96,8 @@ fn pull_order(node: &Node, reference: &str, user: Option<&str>) -> Result<Vec<St
         "--hosts-dir",
         hosts.to_str().unwrap(),
     ];
+    // The resolver's log lines come from ctr itself only when it fetches client-side.
+    args.extend_from_slice(shoal_tests::ctr_pull_local_args());
     if let Some(u) = user {
         args.extend(["--user", u]);
     }

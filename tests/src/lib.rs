@@ -30,7 +30,7 @@ mod shoal;
 use std::path::PathBuf;
 
 pub use cmd::tail;
-pub use containerd::{ROUTED_REGISTRIES, hosts_toml};
+pub use containerd::{BIN_DIR_ENV, ROUTED_REGISTRIES, ctr_bin, ctr_pull_local_args, hosts_toml};
 pub use cri::CriImage;
 pub use images::{BIG_FILE_BYTES, TestImage, split_reference};
 pub use node::Node;
@@ -60,7 +60,13 @@ fn preflight() {
     );
     let missing: Vec<String> = TOOLS
         .iter()
-        .filter(|(bin, _)| !cmd::on_path(bin))
+        .filter(|(bin, pkg)| {
+            if *pkg == "containerd" {
+                !cmd::on_path(&containerd::bin_str(bin))
+            } else {
+                !cmd::on_path(bin)
+            }
+        })
         .map(|(bin, pkg)| format!("{bin} (Debian package {pkg})"))
         .collect();
     assert!(

@@ -71,7 +71,7 @@ impl Node {
             &self.slot,
             &format!("containerd of {}", self.name),
             &self.netns,
-            Path::new("containerd"),
+            &containerd::bin("containerd"),
             &["-c", cfg.to_str().expect("utf-8 path")],
             &self.containerd_log(),
         );
@@ -90,7 +90,8 @@ impl Node {
             if !self.cd().as_mut().is_some_and(|m| m.running()) {
                 return true;
             }
-            cmd::output("ctr", &["-a", sock, "version"]).is_ok_and(|o| o.status.success())
+            cmd::output(&containerd::bin_str("ctr"), &["-a", sock, "version"])
+                .is_ok_and(|o| o.status.success())
         });
         let mut guard = self.cd();
         let m = guard.as_mut().expect("containerd was spawned");
@@ -179,8 +180,9 @@ impl Node {
     /// `ctr -a <socket> -n k8s.io <args…>` inside the node namespace.
     pub fn ctr(&self, args: &[&str]) -> Output {
         let sock = self.containerd_socket();
+        let ctr = containerd::bin_str("ctr");
         let mut argv = vec![
-            "ctr",
+            ctr.as_str(),
             "-a",
             sock.to_str().expect("utf-8 path"),
             "-n",
@@ -191,16 +193,16 @@ impl Node {
     }
 
     /// `ctr images pull --hosts-dir <hosts_dir> <reference>` inside the node namespace (the
-    /// HTTP is done by ctr itself, from the namespace).
+    /// HTTP is done by ctr itself, from the namespace: `--local` with ctr 2.x).
     pub fn pull(&self, reference: &str) -> Result<(), String> {
         let hosts = self.hosts_dir();
-        let args = [
-            "images",
-            "pull",
+        let mut args = vec!["images", "pull"];
+        args.extend_from_slice(containerd::ctr_pull_local_args());
+        args.extend([
             "--hosts-dir",
             hosts.to_str().expect("utf-8 path"),
             reference,
-        ];
+        ]);
         let out = self.ctr(&args);
         if out.status.success() {
             Ok(())
@@ -236,6 +238,27 @@ impl Node {
     /// CRI `RemoveImage`.
     pub fn cri_remove(&self, image: &str) -> Result<(), String> {
         cri::remove(&self.containerd_socket(), image)
+    }
+
+    /// The version containerd reports (`ctr version`, the server's `Version:` line).
+    pub fn containerd_version(&self) -> String {
+        let out = self.ctr(&["version"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split("Server:")
+            .nth(1)
+            .and_then(|server| {
+                server
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("Version:"))
+                    .map(|v| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "shoal rig: no server version in `ctr version` on {}: {}",
+                    self.name,
+                    cmd::describe_failure("ctr version", &out)
+                )
+            })
     }
 
     /// Image names in containerd's `k8s.io` namespace (`ctr images ls -q`).
