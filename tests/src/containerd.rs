@@ -3,9 +3,9 @@
 //! hosts.toml files routing the test registry hosts to the rig registry.
 //!
 //! The binaries are Debian's containerd 1.6 on `PATH` unless `SHOAL_RIG_CONTAINERD_BIN_DIR`
-//! names a directory holding another `containerd` and `ctr` (scripts/test-containerd2 builds
-//! containerd 2.x there). The config is edited per major version: 1.6 prints config version 2,
-//! 2.x prints version 3 with other plugin names and single-quoted strings.
+//! names a directory holding another `containerd` and `ctr` (scripts/test-containerd builds
+//! 1.7 and 2.x there). The config is edited per format: 1.6 and 1.7 print config version 2, 2.x
+//! prints version 3 with other plugin names and single-quoted strings.
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -349,7 +349,7 @@ pub fn discard_unpacked(inputs: &Inputs, cfg: &Result<ContainerdConfig, String>)
 /// and in that mode a `config_path` listing several directories is taken as one path, so no
 /// hosts.toml is read (containerd issue 12415). One directory works in both modes: a CRI pull
 /// through Shoal with the registry stopped succeeds on containerd 2.2.9's default
-/// (`scripts/test-containerd2`).
+/// (`scripts/test-containerd`).
 pub fn transfer_service(cfg: &Result<ContainerdConfig, String>, version: &Version) -> Check {
     let mut c = Check::new(
         "transfer-service",
