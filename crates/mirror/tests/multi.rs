@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use common::*;
 use http::StatusCode;
-use shoal_mirror::{EventLog, FetchEventKind, MirrorConfig, MirrorState, Source, router};
+use shoal_mirror::{EventLog, FetchEventKind, MirrorConfig, Source};
 use shoal_oci::Key;
 
 const SIZE: usize = 2 * 1024 * 1024;
@@ -16,35 +16,16 @@ const PIECE: u64 = 128 * 1024;
 /// Pace of a normal fake holder: the 2 MiB blob takes about 1.3 s from one, 0.45 s from three.
 const RATE: u64 = 1536 * 1024;
 
-struct Client {
-    r: axum::Router,
-    st: MirrorState,
-    log: Arc<EventLog>,
-    spool: tempfile::TempDir,
-}
-
 fn client(prov: &Arc<FakeProviders>) -> Client {
-    let spool = spool_dir();
     let cfg = MirrorConfig {
         small_blob_threshold: 64 * 1024,
         multi_peer_threshold: 256 * 1024,
         piece_size: PIECE,
         max_peers_per_blob: 4,
-        spool_dir: spool.path().join("spool"),
         idle_timeout: std::time::Duration::from_secs(2),
         ..config()
     };
-    let log = Arc::new(EventLog::new(1000));
-    let st = MirrorState::builder(cfg, Arc::new(MemStore::default()), prov.clone())
-        .events(log.clone())
-        .build()
-        .unwrap();
-    Client {
-        r: router(st.clone()),
-        st,
-        log,
-        spool,
-    }
+    Client::new(cfg, prov)
 }
 
 /// Bytes per peer from the `Served` events of the last verified download, checking that the
@@ -118,7 +99,7 @@ async fn a_large_blob_comes_from_all_three_holders_with_bounded_ranges() {
         "{ev:#?}"
     );
     assert_eq!(c.st.metrics().bytes(Source::Peer), SIZE as u64);
-    assert_eq!(spool_files(&c.spool.path().join("spool")), 0);
+    assert_eq!(c.spooled(), 0);
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use common::*;
 use http::StatusCode;
-use shoal_mirror::{EventLog, FetchEventKind, MirrorConfig, MirrorState, Source, router};
+use shoal_mirror::{FetchEventKind, MirrorConfig, Source, router};
 use shoal_oci::{Key, TagKey};
 
 const BIG: usize = 300 * 1024;
@@ -18,40 +18,6 @@ fn streaming() -> MirrorConfig {
     MirrorConfig {
         small_blob_threshold: 64 * 1024,
         ..config()
-    }
-}
-
-struct Client {
-    r: axum::Router,
-    st: MirrorState,
-    log: Arc<EventLog>,
-    spool: tempfile::TempDir,
-}
-
-impl Client {
-    /// Spool files present now.
-    fn spooled(&self) -> usize {
-        spool_files(&self.spool.path().join("spool"))
-    }
-}
-
-/// A mirror with its own spool directory and event log, asking `prov` for providers.
-fn client(cfg: MirrorConfig, prov: &Arc<FakeProviders>) -> Client {
-    let spool = spool_dir();
-    let cfg = MirrorConfig {
-        spool_dir: spool.path().join("spool"),
-        ..cfg
-    };
-    let log = Arc::new(EventLog::new(100));
-    let st = MirrorState::builder(cfg, Arc::new(MemStore::default()), prov.clone())
-        .events(log.clone())
-        .build()
-        .unwrap();
-    Client {
-        r: router(st.clone()),
-        st,
-        log,
-        spool,
     }
 }
 
@@ -87,7 +53,7 @@ async fn good_peer_serves_through_the_real_peer_protocol() {
         addr,
         "peer-a",
     );
-    let c = client(streaming(), &prov);
+    let c = Client::new(streaming(), &prov);
     let (r, st, log) = (&c.r, &c.st, &c.log);
 
     let a = send(r, get(&blob_uri(&dbig))).await;
@@ -152,7 +118,7 @@ async fn corrupt_large_blob_from_the_only_provider_is_a_clean_404() {
     let (fake, addr) = fake_peer(&big, Mode::Corrupt).await;
     let prov = Arc::new(FakeProviders::default());
     prov.add(Key::Digest(fake.digest.clone()), addr, "liar");
-    let c = client(streaming(), &prov);
+    let c = Client::new(streaming(), &prov);
     let a = send(&c.r, get(&blob_uri(&fake.digest))).await;
     // Nothing of the blob was sent: containerd falls back upstream from byte 0.
     assert_eq!(a.status, StatusCode::NOT_FOUND);
@@ -192,7 +158,7 @@ async fn corrupt_large_blob_is_replaced_by_the_next_provider_transparently() {
     let prov = Arc::new(FakeProviders::default());
     prov.add(Key::Digest(bad.digest.clone()), bad_addr, "liar");
     prov.add(Key::Digest(good.digest.clone()), good_addr, "honest");
-    let c = client(streaming(), &prov);
+    let c = Client::new(streaming(), &prov);
     let a = send(&c.r, get(&blob_uri(&bad.digest))).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.header("content-length"), Some(BIG.to_string().as_str()));
@@ -236,7 +202,7 @@ async fn corrupt_small_blob_is_skipped_for_the_next_provider() {
     let prov = Arc::new(FakeProviders::default());
     prov.add(Key::Digest(bad.digest.clone()), bad_addr, "liar");
     prov.add(Key::Digest(good.digest.clone()), good_addr, "honest");
-    let c = client(config(), &prov);
+    let c = Client::new(config(), &prov);
     let a = send(&c.r, get(&blob_uri(&bad.digest))).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.ok_body().as_ref(), &small[..]);
@@ -253,7 +219,7 @@ async fn broken_transfer_continues_at_the_exact_offset() {
     let prov = Arc::new(FakeProviders::default());
     prov.add(Key::Digest(dying.digest.clone()), dying_addr, "dying");
     prov.add(Key::Digest(good.digest.clone()), good_addr, "good");
-    let c = client(streaming(), &prov);
+    let c = Client::new(streaming(), &prov);
     let log = &c.log;
     let a = send(&c.r, get(&blob_uri(&dying.digest))).await;
     assert_eq!(a.status, StatusCode::OK);
@@ -288,7 +254,7 @@ async fn stalled_transfer_fails_over_after_the_idle_timeout() {
     let prov = Arc::new(FakeProviders::default());
     prov.add(Key::Digest(stall.digest.clone()), stall_addr, "stall");
     prov.add(Key::Digest(stall.digest.clone()), good_addr, "good");
-    let c = client(streaming(), &prov);
+    let c = Client::new(streaming(), &prov);
     let t = Instant::now();
     let a = send(&c.r, get(&blob_uri(&stall.digest))).await;
     assert_eq!(a.ok_body().as_ref(), &big[..]);
@@ -307,7 +273,7 @@ async fn hanging_peers_are_bounded_by_timeouts() {
         max_attempts: 2,
         ..streaming()
     };
-    let c = client(cfg, &prov);
+    let c = Client::new(cfg, &prov);
     let t = Instant::now();
     let a = send(&c.r, get(&blob_uri(&h1.digest))).await;
     let took = t.elapsed();
@@ -320,7 +286,7 @@ async fn hanging_peers_are_bounded_by_timeouts() {
     let (s, sa) = fake_peer(&big, Mode::StallAfter(8 * 1024)).await;
     let prov = Arc::new(FakeProviders::default());
     prov.add(Key::Digest(s.digest.clone()), sa, "stall");
-    let c = client(streaming(), &prov);
+    let c = Client::new(streaming(), &prov);
     let t = Instant::now();
     let a = send(&c.r, get(&blob_uri(&s.digest))).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
@@ -335,7 +301,7 @@ async fn client_range_is_served_from_the_verified_blob() {
     let (good, addr) = fake_peer(&big, Mode::Good).await;
     let prov = Arc::new(FakeProviders::default());
     prov.add(Key::Digest(good.digest.clone()), addr, "good");
-    let c = client(streaming(), &prov);
+    let c = Client::new(streaming(), &prov);
     let n = 200_000;
     let req = http::Request::get(blob_uri(&good.digest))
         .header("range", format!("bytes={n}-"))
@@ -380,7 +346,7 @@ async fn client_range_is_served_from_the_verified_blob() {
     let (bad, bad_addr) = fake_peer(&big, Mode::Corrupt).await;
     let prov = Arc::new(FakeProviders::default());
     prov.add(Key::Digest(bad.digest.clone()), bad_addr, "liar");
-    let c = client(streaming(), &prov);
+    let c = Client::new(streaming(), &prov);
     let req = http::Request::get(blob_uri(&bad.digest))
         .header("range", "bytes=10-20")
         .body(Body::empty())
@@ -399,7 +365,7 @@ async fn a_slow_first_provider_is_hedged() {
     let prov = Arc::new(FakeProviders::default());
     prov.add(Key::Digest(good.digest.clone()), hang, "slow");
     prov.add(Key::Digest(good.digest.clone()), good_addr, "fast");
-    let c = client(streaming(), &prov);
+    let c = Client::new(streaming(), &prov);
     let t = Instant::now();
     let a = send(&c.r, get(&blob_uri(&good.digest))).await;
     assert_eq!(a.ok_body().as_ref(), &big[..]);

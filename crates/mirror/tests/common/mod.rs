@@ -18,7 +18,8 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use http::{HeaderMap, StatusCode, header};
 use shoal_mirror::{
-    BlobInfo, ByteStream, Descriptor, LocalStore, MirrorConfig, MirrorState, Provider, Providers,
+    BlobInfo, ByteStream, Descriptor, EventLog, LocalStore, MirrorConfig, MirrorState, Provider,
+    Providers,
 };
 use shoal_oci::{Allowlist, Digest, Key, Range, TagKey};
 use tower::ServiceExt;
@@ -168,6 +169,41 @@ pub fn spool_dir() -> tempfile::TempDir {
 /// Files currently in a spool directory (it may not exist yet).
 pub fn spool_files(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |d| d.count())
+}
+
+/// A mirror with an empty local store, its own spool directory and event log, asking `prov`
+/// for providers (the client side of the peer-download tests).
+pub struct Client {
+    pub r: Router,
+    pub st: MirrorState,
+    pub log: Arc<EventLog>,
+    pub spool: tempfile::TempDir,
+}
+
+impl Client {
+    pub fn new(cfg: MirrorConfig, prov: &Arc<FakeProviders>) -> Client {
+        let spool = spool_dir();
+        let cfg = MirrorConfig {
+            spool_dir: spool.path().join("spool"),
+            ..cfg
+        };
+        let log = Arc::new(EventLog::new(1000));
+        let st = MirrorState::builder(cfg, Arc::new(MemStore::default()), prov.clone())
+            .events(log.clone())
+            .build()
+            .unwrap();
+        Client {
+            r: shoal_mirror::router(st.clone()),
+            st,
+            log,
+            spool,
+        }
+    }
+
+    /// Spool files present now.
+    pub fn spooled(&self) -> usize {
+        spool_files(&self.spool.path().join("spool"))
+    }
 }
 
 pub fn state(cfg: MirrorConfig, store: &Arc<MemStore>, prov: &Arc<FakeProviders>) -> MirrorState {
