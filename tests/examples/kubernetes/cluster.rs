@@ -256,7 +256,7 @@ impl<'a> Cluster<'a> {
                 &format!("--kubeconfig={}", self.kubeconfig("controller-manager")),
                 &format!("--service-account-private-key-file={}", d("sa.key")),
                 &format!("--root-ca-file={}", d("ca.crt")),
-                "--use-service-account-credentials=false",
+                "--use-service-account-credentials=true",
                 "--leader-elect=false",
                 &format!("--service-cluster-ip-range={SERVICE_CIDR}"),
                 "--bind-address=127.0.0.1",
@@ -334,6 +334,12 @@ impl<'a> Cluster<'a> {
                 assert!(c.contains(&from), "containerd config lacks {from:?}");
                 c = c.replace(&from, &to);
             }
+            // This machine's root lacks CAP_SYS_RESOURCE, so runc cannot set the negative
+            // oom_score_adj the kubelet asks for (-998 for the sandbox of a node-critical pod):
+            // clamp it to containerd's own, as for rootless containerd. Not needed on real nodes.
+            let restrict = "    restrict_oom_score_adj = false";
+            assert!(c.contains(restrict), "containerd config lacks {restrict:?}");
+            c = c.replace(restrict, "    restrict_oom_score_adj = true");
             let sandbox = c
                 .lines()
                 .find(|l| l.trim_start().starts_with("sandbox_image = "))

@@ -119,6 +119,9 @@ fn main() {
     );
     push_app(&rig, &artifacts.join("app"));
 
+    // The kubelet links every container log into /var/log/containers (a fixed path).
+    let log_links = Path::new("/var/log/containers");
+    let had_log_links = log_links.exists();
     let mut cluster = Cluster::prepare(&rig, &inputs);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         scenario(
@@ -162,6 +165,9 @@ fn main() {
         wait_sandboxes_gone(&rig);
     }
     cluster.stop();
+    remove_log_links(log_links, rig.dir(), had_log_links);
+    // The rig's teardown (namespaces, route, directory) runs on drop: before exiting.
+    drop(rig);
     step(started, "stopped");
     if result.is_err() {
         std::process::exit(1);
@@ -170,6 +176,20 @@ fn main() {
         "\ntest-kubernetes: PASS in {:.1}s",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Remove the kubelets' links into the rig's directory, and the directory if they made it.
+fn remove_log_links(dir: &Path, rig_dir: &Path, existed: bool) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if fs::read_link(e.path()).is_ok_and(|t| t.starts_with(rig_dir)) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+    if !existed {
+        let _ = fs::remove_dir(dir);
+    }
 }
 
 /// Wait (bounded) until no node's containerd runs a pod sandbox, so no shim outlives the rig.
@@ -268,6 +288,12 @@ fn scenario(
             .unwrap_or_default()
     );
     if std::env::var_os("SHOAL_K8S_CLUSTER_ONLY").is_some() {
+        // Debugging: keep the cluster up this many seconds (SHOAL_K8S_HOLD).
+        let hold = std::env::var("SHOAL_K8S_HOLD")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        std::thread::sleep(Duration::from_secs(hold));
         return;
     }
 
@@ -317,13 +343,30 @@ fn scenario(
         NS,
         "--create-namespace",
         "--wait",
-        "--timeout=4m",
+        "--timeout=120s",
     ];
     for s in &sets {
         args.extend(["--set", s.as_str()]);
     }
     let t = Instant::now();
-    let out = run(rig.node(0), &args).unwrap_or_else(|e| panic!("{e}"));
+    let out = run(rig.node(0), &args).unwrap_or_else(|e| {
+        let mut diag = cluster
+            .kubectl(&["get", "pods", "-A", "-o", "wide"])
+            .unwrap_or_default();
+        for (pod, _, _) in pods_on(cluster, "app.kubernetes.io/name=shoal") {
+            for c in ["configure", "shoal"] {
+                for prev in ["--previous=false", "--previous=true"] {
+                    let logs =
+                        cluster.kubectl(&["logs", "-n", NS, &pod, "-c", c, prev, "--tail=20"]);
+                    diag.push_str(&format!(
+                        "-- {pod} {c} {prev}\n{}\n",
+                        logs.unwrap_or_else(|e| e)
+                    ));
+                }
+            }
+        }
+        panic!("{e}\n{diag}")
+    });
     println!("{out}");
     cluster
         .kubectl(&[
