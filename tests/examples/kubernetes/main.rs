@@ -385,6 +385,26 @@ fn scenario(
             .kubectl(&["get", "daemonset,pods", "-n", NS, "-o", "wide"])
             .unwrap_or_default()
     );
+    // Installed without p2p.psk.existingSecret: the chart made the cluster key itself.
+    let key = cluster
+        .kubectl(&[
+            "get",
+            "secret",
+            "shoal-psk",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.data.swarm\\.key}",
+        ])
+        .unwrap_or_else(|e| panic!("the chart did not create the PSK Secret: {e}"));
+    assert!(
+        key.len() > 100,
+        "PSK Secret shoal-psk has no swarm.key: {key:?}"
+    );
+    println!(
+        "PSK Secret shoal-psk created by the chart (swarm.key, {} base64 bytes)",
+        key.len()
+    );
     let shoal_pods = pods_on(cluster, "app.kubernetes.io/name=shoal");
     assert_eq!(
         shoal_pods.len(),
