@@ -349,6 +349,17 @@ impl<'a> Cluster<'a> {
                 &sandbox,
                 &format!("    sandbox_image = \"{}\"", inputs.pause_image),
             );
+            // config_path as the pods see it (the same directory), so `shoal doctor` finds
+            // containerd reading the hosts directory the chart was given.
+            let rig_hosts = format!("config_path = \"{}\"", s(&node.hosts_dir()));
+            assert!(
+                c.contains(&rig_hosts),
+                "containerd config lacks {rig_hosts:?}"
+            );
+            c = c.replace(
+                &rig_hosts,
+                &format!("config_path = \"{}\"", s(&view.join("certs.d"))),
+            );
             write(&cfg, &c);
             let subnet = pod_subnet(self.rig.subnet(), i + 1);
             write(

@@ -326,6 +326,7 @@ fn scenario(
         ),
         format!("shoal.containerdRegistryConfigPath={}", v("certs.d")),
         format!("shoal.dataDir={}", v("shoal")),
+        format!("shoal.containerdConfigPath={}", v("config.toml")),
         format!("shoal.extraBootstrap={{{bootstrap}}}"),
         format!("cleanup.pauseImage={}", inputs.pause_image),
         format!("cleanup.kubectlImage={kubectl_image}"),
@@ -538,7 +539,7 @@ spec:
             "exec", "-n", NS, pod, "-c", "shoal", "--", "shoal", "doctor",
         ]) {
             Ok(d) => println!("-- {node}: shoal doctor\n{d}"),
-            Err(e) => println!("-- {node}: shoal doctor reported failures\n{e}"),
+            Err(e) => panic!("{node}: shoal doctor reported failures\n{e}"),
         }
     }
 
