@@ -592,4 +592,42 @@ fn doctor_recognises_another_p2p_mirrors_files() {
         "does not answer within 1s",
         "uninstall",
     );
+
+    // Bad input: a registry that hangs, a config that does not parse, a hosts dir that cannot
+    // be read: each a finding, within --timeout per probe, never a panic.
+    let _hung_registry = shoal_tests::HangingListener::start(n, 5031);
+    write(
+        &n.hosts_dir().join("hung.test/hosts.toml"),
+        &shoal_tests::hosts_toml("http://127.0.0.1:5031"),
+    );
+    let broken = n.dir().join("broken.toml");
+    write(&broken, "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"\n");
+    let started = Instant::now();
+    let (code, r, _) = doctor(n, &broken, &["--timeout", "1s"]);
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert_eq!(code, 1);
+    assert_finding(
+        &r,
+        "registry-auth",
+        "fail",
+        "GET http://127.0.0.1:5031/v2/: no answer within 1s",
+        "does not answer",
+    );
+    assert_finding(&r, "config-path", "warn", "is not valid TOML", "--containerd-config");
+    assert_finding(
+        &r,
+        "stale-ingests",
+        "skip",
+        "containerd's root is unknown",
+        "--containerd-root",
+    );
+    let missing = n.dir().join("no-such-hosts-dir").display().to_string();
+    let (_, r, _) = doctor(n, &plain, &["--hosts-dir", &missing]);
+    assert_finding(
+        &r,
+        "default-catch-all",
+        "skip",
+        "cannot read the hosts directory",
+        "--hosts-dir",
+    );
 }
