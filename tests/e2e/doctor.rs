@@ -601,10 +601,17 @@ fn doctor_recognises_another_p2p_mirrors_files() {
         &shoal_tests::hosts_toml("http://127.0.0.1:5031"),
     );
     let broken = n.dir().join("broken.toml");
-    write(&broken, "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"\n");
+    write(
+        &broken,
+        "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"\n",
+    );
     let started = Instant::now();
     let (code, r, _) = doctor(n, &broken, &["--timeout", "1s"]);
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(code, 1);
     assert_finding(
         &r,
@@ -613,7 +620,13 @@ fn doctor_recognises_another_p2p_mirrors_files() {
         "GET http://127.0.0.1:5031/v2/: no answer within 1s",
         "does not answer",
     );
-    assert_finding(&r, "config-path", "warn", "is not valid TOML", "--containerd-config");
+    assert_finding(
+        &r,
+        "config-path",
+        "warn",
+        "is not valid TOML",
+        "--containerd-config",
+    );
     assert_finding(
         &r,
         "stale-ingests",
@@ -629,5 +642,56 @@ fn doctor_recognises_another_p2p_mirrors_files() {
         "skip",
         "cannot read the hosts directory",
         "--hosts-dir",
+    );
+}
+
+/// Item 5: an endpoint with `override_path = true` (a Harbor proxy-cache project) is probed as
+/// containerd uses it, with a manifest this node holds: the right API root passes, a mistyped
+/// project is a FAIL (its `/v2/` would be a 404 either way).
+#[test]
+fn doctor_probes_override_path_endpoints_as_containerd_does() {
+    let rig = Rig::builder().nodes(1).start();
+    let n = rig.node(0);
+    let img = shoal_tests::TestImage::small();
+    rig.registry().push(&img);
+    n.pull(img.reference()).unwrap();
+    let plain = n.dir().join("config.toml");
+    let upstream = rig.registry().url();
+    let hosts_with = |root: &str| {
+        format!(
+            "server = \"{upstream}\"\n\n[host.\"{upstream}{root}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = true\n"
+        )
+    };
+    let file = n.hosts_dir().join("docker.io/hosts.toml");
+    write(&file, &hosts_with("/v2"));
+    let (_, r, _) = doctor(n, &plain, &[]);
+    let ev = check(&r, "registry-auth")["evidence"].to_string();
+    assert!(
+        ev.contains(&format!(
+            "HEAD {upstream}/v2/library/shoal-small/manifests/sha256:"
+        )) && ev.contains("-> 200 OK (override_path"),
+        "{ev}"
+    );
+    assert_ne!(check(&r, "registry-auth")["status"], "fail", "{r}");
+
+    write(&file, &hosts_with("/v2/dockerhub"));
+    // containerd: the mistyped project answers 404, the pull only works through the fallback.
+    assert!(n.ctr(&["images", "rm", img.reference()]).status.success());
+    let hosts = n.hosts_dir().display().to_string();
+    let mut args = vec!["images", "pull"];
+    args.extend_from_slice(shoal_tests::ctr_pull_local_args());
+    args.extend(["--hosts-dir", &hosts, img.reference()]);
+    let pull = n.ctr(&args);
+    assert!(pull.status.success());
+    let log = String::from_utf8_lossy(&pull.stderr).into_owned();
+    assert!(log.contains("response was http.StatusNotFound"), "{log}");
+    let (code, r, _) = doctor(n, &plain, &[]);
+    assert_eq!(code, 1);
+    assert_finding(
+        &r,
+        "registry-auth",
+        "fail",
+        "/v2/dockerhub/library/shoal-small/manifests/sha256:",
+        "proxy-cache project",
     );
 }

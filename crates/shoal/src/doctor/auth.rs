@@ -28,6 +28,7 @@ enum Problem {
     Rejected,
     NeedsCredentials,
     Untrusted,
+    WrongPath,
     Hangs,
     Unreachable,
 }
@@ -78,6 +79,12 @@ fn fix_for(p: Problem) -> &'static str {
              hosts.toml (Talos: machine.registries.config.<host>.tls.ca), or fix the certificate \
              (expired, wrong name); `skip_verify = true` only on a lab cluster"
         }
+        Problem::WrongPath => {
+            "with override_path = true the endpoint's URL is the API root containerd uses \
+             (`<url>/<repository>/manifests/…`): for a Harbor proxy cache it is \
+             https://<harbor>/v2/<proxy-cache project>; check the project's name in Harbor and in \
+             the endpoint (k3s registries.yaml: mirrors.<registry>.endpoint)"
+        }
         Problem::Hangs => {
             "an endpoint accepts connections but does not answer, and containerd waits on it: fix \
              or restart the service behind it, or remove it from hosts.toml until it answers"
@@ -107,6 +114,7 @@ pub async fn registry_auth(
     inputs: &Inputs,
     files: &Files,
     cfg: &Result<ContainerdConfig, String>,
+    images: &Result<Vec<(String, String)>, String>,
 ) -> Check {
     let mut c = Check::new(
         "registry-auth",
@@ -146,7 +154,7 @@ pub async fn registry_auth(
     let cfg = cfg.as_ref().ok();
     let jobs = targets.into_iter().map(|(f, url)| async move {
         let mut one = Check::new("registry-auth", "");
-        let problem = probe(&mut one, inputs, f, &url, cfg).await;
+        let problem = probe(&mut one, inputs, f, &url, cfg, images).await;
         (one, problem)
     });
     let mut problems = std::collections::BTreeSet::new();
@@ -166,6 +174,7 @@ async fn probe(
     f: &HostsFile,
     url: &str,
     cfg: Option<&ContainerdConfig>,
+    images: &Result<Vec<(String, String)>, String>,
 ) -> Option<Problem> {
     let v2 = v2(url);
     let http = match client(inputs.timeout, &f.tls_for(url)) {
@@ -175,6 +184,15 @@ async fn probe(
             return Some(Problem::Untrusted);
         }
     };
+    if f.override_path.contains(url) {
+        use super::override_path::{Outcome, probe as manifest};
+        return match manifest(c, &http, url, &f.registry, images, inputs.timeout).await {
+            Outcome::WrongPath => Some(Problem::WrongPath),
+            Outcome::Hangs => Some(Problem::Hangs),
+            Outcome::Unreachable => Some(Problem::Unreachable),
+            Outcome::Serves | Outcome::NotProbed => None,
+        };
+    }
     let started = std::time::Instant::now();
     let resp = match http.get(&v2).send().await {
         Ok(r) => r,
@@ -497,6 +515,7 @@ mod tests {
             Problem::Rejected,
             Problem::NeedsCredentials,
             Problem::Untrusted,
+            Problem::WrongPath,
             Problem::Hangs,
             Problem::Unreachable,
         ] {

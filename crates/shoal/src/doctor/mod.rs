@@ -14,6 +14,7 @@ pub mod foreign;
 pub mod hosts;
 pub mod ingests;
 pub mod layout;
+pub mod override_path;
 pub mod probe;
 pub mod scheme;
 pub mod token;
@@ -178,6 +179,7 @@ pub async fn run(inputs: &Inputs) -> Report {
     let files = hosts::scan(&inputs.hosts_dir, &inputs.mirrors);
     let cfg = config::ContainerdConfig::read(&inputs.containerd_config);
     let version = probe::containerd_version(&inputs.containerd_socket, inputs.timeout).await;
+    let images = probe::node_images(&inputs.containerd_socket, inputs.timeout).await;
     let mut checks = vec![
         checks::default_catch_all(inputs, &files),
         checks::allowlisted_without_shoal(inputs, &files),
@@ -190,7 +192,7 @@ pub async fn run(inputs: &Inputs) -> Report {
     let (mirror, resolve, auth, foreign, (daemon, daemon_state, daemon_list)) = tokio::join!(
         probe::mirror_reachable(inputs, &files),
         probe::hosts_resolve(inputs, &files),
-        auth::registry_auth(inputs, &files, &cfg),
+        auth::registry_auth(inputs, &files, &cfg, &images),
         foreign::foreign_mirrors(inputs, &files),
         probe::daemon_peers(inputs),
     );

@@ -60,6 +60,40 @@ pub async fn containerd_version(socket: &Path, timeout: Duration) -> Version {
     }
 }
 
+/// The images of containerd's `k8s.io` namespace (name, target digest), within `timeout`.
+pub async fn node_images(
+    socket: &Path,
+    timeout: Duration,
+) -> Result<Vec<(String, String)>, String> {
+    use containerd_client::services::v1::ListImagesRequest;
+    use containerd_client::services::v1::images_client::ImagesClient;
+    let ask = async {
+        let ch = containerd_client::connect(socket)
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
+        let mut req = tonic::Request::new(ListImagesRequest::default());
+        req.metadata_mut().insert(
+            "containerd-namespace",
+            tonic::metadata::MetadataValue::from_static("k8s.io"),
+        );
+        let images = ImagesClient::new(ch)
+            .list(req)
+            .await
+            .map_err(|s| format!("Images.List failed: {}", s.message()))?
+            .into_inner()
+            .images;
+        Ok::<_, String>(
+            images
+                .into_iter()
+                .filter_map(|i| Some((i.name, i.target?.digest)))
+                .collect(),
+        )
+    };
+    tokio::time::timeout(timeout, ask)
+        .await
+        .unwrap_or_else(|_| Err(format!("containerd did not list images within {timeout:?}")))
+}
+
 /// A client that talks TLS to an endpoint the way containerd would: the system's roots plus the
 /// endpoint's `ca` files, or no verification with `skip_verify`.
 pub(super) fn client(timeout: Duration, tls: &Tls) -> Result<reqwest::Client, String> {
