@@ -695,3 +695,40 @@ fn doctor_probes_override_path_endpoints_as_containerd_does() {
         "proxy-cache project",
     );
 }
+
+/// Item 9: Shoal's own image pulled only through Shoal's mirror can never be pulled back while
+/// the daemon is down. containerd's pull fails exactly so; doctor says it, and passes once the
+/// registry's upstream is the fallback (what `shoal configure` writes).
+#[test]
+fn doctor_flags_the_mirrors_own_image_behind_the_mirror() {
+    let rig = Rig::builder().nodes(1).start();
+    let n = rig.node(0);
+    let img = shoal_tests::TestImage::small_at("ghcr.io/shoal-org/shoal:v1");
+    rig.registry().push(&img);
+    configure(n);
+    n.pull(img.reference()).unwrap();
+    let plain = n.dir().join("config.toml");
+    let mirror = ["--mirror", "http://127.0.0.1:5000"];
+    let (_, r, _) = doctor(n, &plain, &mirror);
+    assert_finding(&r, "bootstrap-loop", "pass", "falls back to http://", "");
+
+    // Only the mirror, as `server` too: the loop.
+    let file = n.hosts_dir().join("ghcr.io/hosts.toml");
+    let configured = std::fs::read_to_string(&file).unwrap();
+    write(&file, &shoal_tests::hosts_toml("http://127.0.0.1:5000"));
+    let (code, r, _) = doctor(n, &plain, &mirror);
+    assert_eq!(code, 1);
+    assert_finding(
+        &r,
+        "bootstrap-loop",
+        "fail",
+        "ghcr.io/shoal-org/shoal:v1 (Shoal's own image): every endpoint",
+        "the registry's upstream as `server`",
+    );
+    // containerd, with the daemon down (as here), cannot pull it back.
+    assert!(n.ctr(&["images", "rm", img.reference()]).status.success());
+    let pull = n.pull(img.reference()).unwrap_err();
+    assert!(pull.contains("connection refused"), "{pull}");
+    write(&file, &configured);
+    n.pull(img.reference()).unwrap();
+}

@@ -7,6 +7,7 @@
 //! each bounded by a timeout and are skipped (never hang) when what they need is not there.
 
 pub mod auth;
+pub mod bootstrap;
 pub mod checks;
 pub mod config;
 pub mod drift;
@@ -197,7 +198,8 @@ pub async fn run(inputs: &Inputs) -> Report {
         probe::daemon_peers(inputs),
     );
     let drift = drift::daemon_allowlist(inputs, &files, daemon_list.as_deref());
-    checks.extend([mirror, resolve, auth, foreign, daemon, drift]);
+    let bootstrap = bootstrap::bootstrap_loop(inputs, &files, &images);
+    checks.extend([mirror, resolve, auth, foreign, daemon, drift, bootstrap]);
     let mut summary = Summary::default();
     for c in &checks {
         match c.status {
