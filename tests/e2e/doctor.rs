@@ -470,7 +470,7 @@ fn plain_http_registries_keep_their_scheme_and_doctor_flags_a_mismatch() {
     assert!(
         check(&r, "registry-auth")["evidence"]
             .to_string()
-            .contains("GET http://127.0.0.1:5020/v2/ -> 200")
+            .contains("GET http://127.0.0.1:5020/v2/ -> 200 OK in ")
     );
 
     // The file as written without the scheme: containerd talks TLS to a plain-HTTP registry.

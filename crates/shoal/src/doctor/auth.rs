@@ -245,11 +245,17 @@ async fn probe(
             );
             return Some(Problem::NeedsTls);
         }
-        c.note(format!("GET {v2} -> {status}"));
+        c.note(format!(
+            "GET {v2} -> {status} in {}",
+            crate::admin::render::age(took)
+        ));
         return None;
     }
     if status != StatusCode::UNAUTHORIZED {
-        c.note(format!("GET {v2} -> {status}"));
+        c.note(format!(
+            "GET {v2} -> {status} in {}",
+            crate::admin::render::age(took)
+        ));
         return None;
     }
     let header = resp
@@ -278,7 +284,11 @@ async fn probe(
         );
         return Some(Problem::NeedsCredentials);
     };
-    c.note(format!("GET {v2} -> 401, challenge: {}", ch.describe()));
+    c.note(format!(
+        "GET {v2} -> 401, challenge: {} (in {})",
+        ch.describe(),
+        crate::admin::render::age(took)
+    ));
     let authorization = match ch.scheme.as_str() {
         "basic" => match &creds {
             Some(found) => {
