@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use shoal_tests::{Daemon, Node, Process, Rig, TestImage, shoal_bin};
 
-fn configure(node: &Node) {
+pub(crate) fn configure(node: &Node) {
     let out = std::process::Command::new(shoal_bin())
         .args(["configure", "--hosts-dir"])
         .arg(node.hosts_dir())
@@ -293,7 +293,7 @@ fn doctor(node: &Node, d: &Daemon, extra: &[&str]) -> (bool, Value) {
     (out.status.success(), json(&out, "doctor"))
 }
 
-fn check<'a>(report: &'a Value, id: &str) -> &'a Value {
+pub(crate) fn check<'a>(report: &'a Value, id: &str) -> &'a Value {
     report["checks"]
         .as_array()
         .unwrap()
@@ -302,7 +302,7 @@ fn check<'a>(report: &'a Value, id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no check {id} in {report}"))
 }
 
-fn assert_finding(report: &Value, id: &str, status: &str, evidence: &str, fix: &str) {
+pub(crate) fn assert_finding(report: &Value, id: &str, status: &str, evidence: &str, fix: &str) {
     let c = check(report, id);
     assert_eq!(c["status"], status, "{id}: {c}");
     let ev = c["evidence"].to_string();
@@ -319,7 +319,7 @@ fn assert_finding(report: &Value, id: &str, status: &str, evidence: &str, fix: &
 /// A distribution registry on 127.0.0.1:`port` of `n` that wants HTTP Basic credentials
 /// (htpasswd), in `n.dir()/<name>`; with `tls`, behind a certificate from a private CA
 /// (`<name>/ca.pem`).
-fn basic_auth_registry(n: &Node, name: &str, port: u16, tls: bool) -> Process {
+pub(crate) fn basic_auth_registry(n: &Node, name: &str, port: u16, tls: bool) -> Process {
     let dir = n.dir().join(name);
     let d = dir.display();
     let tls_config = if tls {
@@ -373,7 +373,7 @@ fn private_ca_and_server_cert(dir: &Path) {
     }
 }
 
-fn write(path: &Path, text: &str) {
+pub(crate) fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, text).unwrap();
 }
@@ -400,8 +400,10 @@ fn doctor_passes_a_healthy_node_and_reports_each_finding_with_its_fix() {
         .filter(|c| c["status"] != "pass")
         .collect();
     assert!(ok && not_pass.is_empty(), "healthy node: {not_pass:#?}");
-    assert_eq!(healthy["checks"].as_array().unwrap().len(), 11);
-    assert_eq!(healthy["summary"]["pass"], 11);
+    assert_eq!(healthy["checks"].as_array().unwrap().len(), 14);
+    assert_eq!(healthy["summary"]["pass"], 14);
+    assert_eq!(healthy["verdict"], "healthy");
+    assert_eq!(healthy["daemon"], "running");
     let text = String::from_utf8_lossy(
         &d1.cli(&[
             "doctor",
@@ -418,7 +420,41 @@ fn doctor_passes_a_healthy_node_and_reports_each_finding_with_its_fix() {
     )
     .into_owned();
     eprintln!("$ shoal doctor (healthy)\n{text}");
-    assert!(text.contains("11 pass, 0 warn, 0 fail, 0 skip"), "{text}");
+    assert!(text.contains("14 pass, 0 warn, 0 fail, 0 skip"), "{text}");
+
+    // Allowlist drift: hosts.toml written for a list the running daemon does not have.
+    let out = std::process::Command::new(shoal_bin())
+        .args(["configure", "--hosts-dir"])
+        .arg(n.hosts_dir())
+        .args([
+            "--mirror",
+            "http://127.0.0.1:5000",
+            "--registries",
+            "docker.io,ghcr.io,quay.io",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, r) = doctor(n, &d1, &["--registries", "docker.io,ghcr.io,quay.io"]);
+    assert_eq!(check(&r, "shoal-for-unlisted-registry")["status"], "pass");
+    assert_finding(
+        &r,
+        "daemon-allowlist",
+        "warn",
+        "quay.io: ",
+        "--registries <the daemon's list>",
+    );
+    let ev = check(&r, "daemon-allowlist")["evidence"].to_string();
+    assert!(
+        ev.contains("asks Shoal first, but the running daemon does not mirror it"),
+        "{ev}"
+    );
+    assert!(ev.contains("the daemon mirrors: docker.io,ghcr.io"), "{ev}");
+    std::fs::remove_dir_all(n.hosts_dir().join("quay.io")).unwrap();
 
     // 4. A stale ingest, made by interrupting a pull of a 200 MB layer.
     let ingest = n.root_dir().join("io.containerd.content.v1.content/ingest");
@@ -529,11 +565,11 @@ fn doctor_passes_a_healthy_node_and_reports_each_finding_with_its_fix() {
         "harbor.shoal-doctor.invalid",
         "extraHostEntries",
     );
-    assert_finding(&r, "registry-auth", "warn", "401", "robot");
+    assert_finding(&r, "registry-auth", "fail", "401", "robot");
     assert!(
         check(&r, "registry-auth")["evidence"]
             .to_string()
-            .contains("Basic realm")
+            .contains("basic realm")
     );
 
     // 10 over https, with containerd's TLS settings: the same kind of registry behind a
@@ -555,16 +591,17 @@ fn doctor_passes_a_healthy_node_and_reports_each_finding_with_its_fix() {
     assert_finding(
         &r,
         "registry-auth",
-        "warn",
-        "GET https://127.0.0.1:5003/v2/ -> 401 (Basic realm=\\\"tlsreg\\\"",
+        "fail",
+        "GET https://127.0.0.1:5003/v2/ -> 401, challenge: basic realm=\\\"tlsreg\\\"",
         "robot",
     );
     let evidence = check(&r, "registry-auth")["evidence"].to_string();
     assert!(evidence.contains("UnknownIssuer"), "{evidence}");
     std::fs::remove_dir_all(n.hosts_dir().join("tls-private.test")).unwrap();
     let (_, r) = doctor(n, &d1, &[]);
-    assert_finding(&r, "registry-auth", "warn", "UnknownIssuer", "ca = ");
+    assert_finding(&r, "registry-auth", "fail", "UnknownIssuer", "ca = ");
     std::fs::remove_dir_all(n.hosts_dir().join("tls-untrusted.test")).unwrap();
+    std::fs::remove_dir_all(n.hosts_dir().join("harbor.internal")).unwrap();
 
     // 11. Zero peers once node 2's daemon is gone; 8. mirror unreachable once node 1's is gone,
     // and the other checks still run without the daemon.
@@ -597,19 +634,24 @@ fn doctor_passes_a_healthy_node_and_reports_each_finding_with_its_fix() {
         "$ shoal doctor (findings, daemon down)\n{}",
         String::from_utf8_lossy(&text.stdout)
     );
+    // Without the daemon the node is not broken: its mirror refuses, so containerd goes on to
+    // the next endpoint (WARN), and the peers check has nothing to ask (SKIP).
     assert!(!ok);
+    assert_eq!(r["verdict"], "no-daemon", "{r}");
+    assert_eq!(r["exit_code"], 3);
+    assert_eq!(text.status.code(), Some(3));
     assert_finding(
         &r,
         "mirror-reachable",
-        "fail",
+        "warn",
         "http://127.0.0.1:5000/v2/",
         "DaemonSet",
     );
     assert_finding(
         &r,
         "peers",
-        "fail",
-        "cannot reach the shoal daemon",
+        "skip",
+        "not running on this node",
         "start the shoal DaemonSet",
     );
     assert_eq!(check(&r, "config-path")["status"], "pass");

@@ -5,6 +5,7 @@ mod cli;
 mod configure;
 mod content;
 mod deploy;
+mod doctor;
 mod faults;
 mod multi;
 mod p2p;

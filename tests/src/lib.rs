@@ -26,6 +26,7 @@ mod process;
 mod registry;
 mod rig;
 mod shoal;
+mod token;
 
 use std::path::PathBuf;
 
@@ -40,6 +41,7 @@ pub use rig::{Rig, RigBuilder, write_psk};
 pub use shoal::{
     Daemon, DaemonBuilder, METRICS_PORT, MIRROR_PORT, P2P_PORT, metric_sum, shoal_cluster,
 };
+pub use token::{BearerConfig, BearerRegistry, HangingListener, TOKEN_SERVICE, TokenCounts};
 
 /// Tools the rig runs, with the Debian package providing each.
 const TOOLS: [(&str, &str); 7] = [

@@ -94,7 +94,7 @@ impl HostsDoc {
     /// registry falls back to itself). `certs` are Docker-layout cert files already in the
     /// directory: containerd stops reading them once a hosts.toml exists, so they are listed
     /// explicitly for the upstream to keep their effect.
-    pub(crate) fn new_file(registry: Option<&str>, certs: &CertFiles) -> Self {
+    pub(crate) fn new_file(registry: Option<&str>, plain_http: bool, certs: &CertFiles) -> Self {
         let mut doc = DocumentMut::new();
         let mut first = true;
         let mut put = |doc: &mut DocumentMut, key: &str, value: Value| {
@@ -105,7 +105,11 @@ impl HostsDoc {
                 .insert_formatted(&key, Item::Value(value.decorated(" ", "")));
         };
         if let Some(r) = registry {
-            put(&mut doc, "server", Value::from(upstream_server(r)));
+            put(
+                &mut doc,
+                "server",
+                Value::from(upstream_server(r, plain_http)),
+            );
         }
         if !certs.ca.is_empty() {
             put(&mut doc, "ca", Value::Array(certs.ca.iter().collect()));

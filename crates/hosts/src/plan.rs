@@ -252,7 +252,11 @@ fn create_dir(
 ) -> DirPlan {
     let path = snap.root.join(dir).join(HOSTS_FILE);
     let doc = shoal_doc(
-        HostsDoc::new_file(registry, &CertFiles::default()),
+        HostsDoc::new_file(
+            registry,
+            registry.is_some_and(|r| settings.allowlist.plain_http(r)),
+            &CertFiles::default(),
+        ),
         settings,
         &path,
         warnings,
@@ -300,7 +304,11 @@ fn configure_existing(
         }
         let certs = CertFiles::from_names(&st.others);
         let doc = shoal_doc(
-            HostsDoc::new_file(registry, &certs),
+            HostsDoc::new_file(
+                registry,
+                registry.is_some_and(|r| settings.allowlist.plain_http(r)),
+                &certs,
+            ),
             settings,
             &path,
             warnings,

@@ -156,9 +156,12 @@ impl Settings {
     }
 }
 
-/// containerd's fallback `server` for a registry: what it would use with no hosts.toml at all.
-pub fn upstream_server(registry: &str) -> String {
-    if registry == "docker.io" {
+/// containerd's fallback `server` for a registry: what it would use with no hosts.toml at all,
+/// or `http://<registry>` for a registry allowlisted as plain HTTP (`http://host[:port]`).
+pub fn upstream_server(registry: &str, plain_http: bool) -> String {
+    if plain_http {
+        format!("http://{registry}")
+    } else if registry == "docker.io" {
         "https://registry-1.docker.io".to_owned()
     } else {
         format!("https://{registry}")
@@ -249,8 +252,18 @@ mod tests {
 
     #[test]
     fn upstream_mapping() {
-        assert_eq!(upstream_server("docker.io"), "https://registry-1.docker.io");
-        assert_eq!(upstream_server("quay.io"), "https://quay.io");
-        assert_eq!(upstream_server("10.0.0.1:5000"), "https://10.0.0.1:5000");
+        assert_eq!(
+            upstream_server("docker.io", false),
+            "https://registry-1.docker.io"
+        );
+        assert_eq!(upstream_server("quay.io", false), "https://quay.io");
+        assert_eq!(
+            upstream_server("10.0.0.1:5000", false),
+            "https://10.0.0.1:5000"
+        );
+        assert_eq!(
+            upstream_server("192.168.1.105", true),
+            "http://192.168.1.105"
+        );
     }
 }

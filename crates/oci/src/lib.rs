@@ -27,4 +27,4 @@ pub use name::{MAX_REPOSITORY_LEN, MAX_TAG_LEN, NameError, Repository, Tag, TagE
 pub use path::{ApiPath, ManifestRef, ManifestRefError, PathError};
 pub use range::{ByteRange, Range, RangeError};
 pub use reference::{DEFAULT_REGISTRY, MAX_NAME_LEN, Reference, ReferenceError};
-pub use registry::{Allowlist, DEFAULT_REGISTRIES, RegistryError, normalize_registry};
+pub use registry::{Allowlist, DEFAULT_REGISTRIES, Registries, RegistryError, normalize_registry};

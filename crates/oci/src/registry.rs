@@ -22,12 +22,12 @@ pub const DEFAULT_REGISTRIES: &[&str] = &[
 /// `docker.io`. A scheme (`https://`) and trailing `/` are tolerated and dropped, so a Spegel
 /// style `https://docker.io` entry means the same as `docker.io`.
 pub fn normalize_registry(host: &str) -> String {
-    let h = host
-        .trim()
+    let h = host.trim().to_ascii_lowercase();
+    let h = h
         .trim_start_matches("https://")
         .trim_start_matches("http://")
         .trim_end_matches('/')
-        .to_ascii_lowercase();
+        .to_owned();
     match h.as_str() {
         "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
             "docker.io".to_owned()
@@ -80,11 +80,54 @@ pub(crate) fn validate_host(name: &str) -> Result<(), RegistryError> {
     Ok(())
 }
 
+/// The listed registries of an [`Allowlist::Only`]: normalised hosts (dereferences to their
+/// set), and which of them are plain-HTTP registries (listed as `http://host[:port]`), so the
+/// scheme survives into every file written from the list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Registries {
+    hosts: BTreeSet<String>,
+    plain_http: BTreeSet<String>,
+}
+
+impl std::ops::Deref for Registries {
+    type Target = BTreeSet<String>;
+
+    fn deref(&self) -> &BTreeSet<String> {
+        &self.hosts
+    }
+}
+
+/// Normalised HTTPS hosts (names are taken as given: use [`Allowlist::only`] to validate).
+impl FromIterator<String> for Registries {
+    fn from_iter<I: IntoIterator<Item = String>>(iter: I) -> Self {
+        Registries {
+            hosts: iter.into_iter().collect(),
+            plain_http: BTreeSet::new(),
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Registries {
+    type Item = &'a String;
+    type IntoIter = std::collections::btree_set::Iter<'a, String>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.hosts.iter()
+    }
+}
+
+impl Registries {
+    /// Whether `host` (normalised) was listed as `http://…`.
+    pub fn is_plain_http(&self, host: &str) -> bool {
+        self.plain_http.contains(host)
+    }
+}
+
 /// The set of registries Shoal mirrors.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Allowlist {
     /// Only these (normalised) registry hosts.
-    Only(BTreeSet<String>),
+    Only(Registries),
     /// Every registry (`--all-registries`); an explicit, opt-in catch-all.
     All,
 }
@@ -102,11 +145,20 @@ impl Allowlist {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let mut set = BTreeSet::new();
+        let mut set = Registries::default();
         for n in names {
-            let n = normalize_registry(n.as_ref());
+            let raw = n.as_ref().trim();
+            let plain = raw
+                .get(..7)
+                .is_some_and(|p| p.eq_ignore_ascii_case("http://"));
+            let n = normalize_registry(raw);
             validate_host(&n)?;
-            set.insert(n);
+            if plain {
+                set.plain_http.insert(n.clone());
+            } else {
+                set.plain_http.remove(&n);
+            }
+            set.hosts.insert(n);
         }
         Ok(Allowlist::Only(set))
     }
@@ -119,17 +171,28 @@ impl Allowlist {
         }
     }
 
+    /// Whether `registry` is listed as a plain-HTTP registry (`http://host[:port]`): containerd
+    /// must reach it with `server = "http://…"`.
+    pub fn plain_http(&self, registry: &str) -> bool {
+        match self {
+            Allowlist::All => false,
+            Allowlist::Only(set) => set.is_plain_http(&normalize_registry(registry)),
+        }
+    }
+
     /// The listed registries (empty for [`Allowlist::All`]).
     pub fn registries(&self) -> impl Iterator<Item = &str> {
         let set = match self {
             Allowlist::All => None,
-            Allowlist::Only(set) => Some(set),
+            Allowlist::Only(set) => Some(&set.hosts),
         };
         set.into_iter().flatten().map(String::as_str)
     }
 }
 
-/// Parses a comma-separated list (`docker.io,ghcr.io`), or `*` for every registry.
+/// Parses a comma-separated list (`docker.io,ghcr.io`), or `*` for every registry. An entry
+/// written `http://host[:port]` is a plain-HTTP registry; `https://` or no scheme is HTTPS. Listed
+/// twice, the last spelling wins.
 impl FromStr for Allowlist {
     type Err = RegistryError;
 
@@ -146,7 +209,16 @@ impl fmt::Display for Allowlist {
         match self {
             Allowlist::All => f.write_str("*"),
             Allowlist::Only(set) => {
-                let v: Vec<&str> = set.iter().map(String::as_str).collect();
+                let v: Vec<String> = set
+                    .iter()
+                    .map(|h| {
+                        if set.is_plain_http(h) {
+                            format!("http://{h}")
+                        } else {
+                            h.clone()
+                        }
+                    })
+                    .collect();
                 f.write_str(&v.join(","))
             }
         }
@@ -171,6 +243,32 @@ mod tests {
         let a: Allowlist = "https://docker.io, ghcr.io,localhost:5000".parse().unwrap();
         assert!(a.allows("docker.io") && a.allows("ghcr.io") && a.allows("localhost:5000"));
         assert_eq!(a.to_string(), "docker.io,ghcr.io,localhost:5000");
+    }
+
+    #[test]
+    fn keeps_the_http_scheme_of_plain_registries() {
+        let a: Allowlist = "docker.io,http://192.168.1.105,HTTP://harbor.local:8080"
+            .parse()
+            .unwrap();
+        assert!(a.allows("192.168.1.105") && a.allows("http://192.168.1.105"));
+        assert!(a.plain_http("192.168.1.105") && a.plain_http("harbor.local:8080"));
+        assert!(!a.plain_http("docker.io") && !Allowlist::All.plain_http("x"));
+        assert_eq!(
+            a.to_string(),
+            "192.168.1.105,docker.io,harbor.local:8080"
+                .split(',')
+                .map(|h| if h == "docker.io" {
+                    h.to_owned()
+                } else {
+                    format!("http://{h}")
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        assert_eq!(a.to_string().parse::<Allowlist>().unwrap(), a);
+        let b: Allowlist = "http://h.example,https://h.example".parse().unwrap();
+        assert!(!b.plain_http("h.example"));
+        assert!("http://".parse::<Allowlist>().is_err());
     }
 
     #[test]

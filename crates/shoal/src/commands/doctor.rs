@@ -1,34 +1,53 @@
 //! `shoal doctor`: runs every check of `crate::doctor` and prints PASS/WARN/FAIL/SKIP with the
-//! evidence and the fix. Works without the daemon (only the checks that need it are affected);
-//! exits non-zero when any check fails.
+//! evidence and the fix. Works without the daemon (only the checks that need it are affected).
+//! Exit codes (docs/doctor.md): 0 healthy, 1 a check failed, 2 bad command line, 3 no failure
+//! but the daemon is not running on this node.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::admin::render;
 use crate::cli::RegistryArgs;
+use crate::doctor::layout::Layout;
 use crate::doctor::{self, Inputs};
 
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit status: 0 healthy (WARN and SKIP allowed); 1 at least one check \
+FAILed (a pull on this node fails, hangs or bypasses the allowlist); 2 bad command line; 3 no \
+failure, but the shoal daemon is not running on this node (pulls go upstream). --json carries \
+the same as `verdict` and `exit_code`. Every check: docs/doctor.md."
+)]
 pub struct Args {
-    /// containerd's hosts directory (registry config_path). Default: /etc/cri/conf.d/hosts on
-    /// Talos, /etc/containerd/certs.d elsewhere.
+    /// Where the node's filesystem is: `/` on the node, or its hostPath mount in a pod. The
+    /// layout (Talos, k3s, RKE2, plain containerd) is recognised there and gives the defaults
+    /// of the paths below.
+    #[arg(long, env = "SHOAL_HOST_ROOT", default_value = "/")]
+    pub host_root: PathBuf,
+
+    /// containerd's hosts directory (registry config_path). Default by layout: Talos
+    /// /etc/cri/conf.d/hosts; k3s/RKE2 /var/lib/rancher/<k3s|rke2>/agent/etc/containerd/certs.d;
+    /// else /etc/containerd/certs.d.
     #[arg(long, env = "SHOAL_HOSTS_DIR")]
     pub hosts_dir: Option<PathBuf>,
 
-    /// containerd's config file. Default: /etc/cri/containerd.toml on Talos,
-    /// /etc/containerd/config.toml elsewhere.
+    /// containerd's config file. Default by layout: Talos /etc/cri/containerd.toml; k3s/RKE2
+    /// /var/lib/rancher/<k3s|rke2>/agent/etc/containerd/config.toml; else
+    /// /etc/containerd/config.toml.
     #[arg(long, env = "SHOAL_CONTAINERD_CONFIG")]
     pub containerd_config: Option<PathBuf>,
 
-    /// containerd's gRPC socket.
-    #[arg(
-        long,
-        env = "SHOAL_CONTAINERD_SOCKET",
-        default_value = "/run/containerd/containerd.sock"
-    )]
-    pub containerd_socket: PathBuf,
+    /// containerd's gRPC socket. Default: /run/k3s/containerd/containerd.sock on k3s/RKE2,
+    /// else /run/containerd/containerd.sock.
+    #[arg(long, env = "SHOAL_CONTAINERD_SOCKET")]
+    pub containerd_socket: Option<PathBuf>,
+
+    /// containerd's root (its ingests are checked there). Default: `root` of its config, else
+    /// the layout's (k3s/RKE2 pass it on containerd's command line:
+    /// /var/lib/rancher/<k3s|rke2>/agent/containerd; else /var/lib/containerd).
+    #[arg(long, env = "SHOAL_CONTAINERD_ROOT")]
+    pub containerd_root: Option<PathBuf>,
 
     /// The daemon's admin socket.
     #[arg(long, env = "SHOAL_ADMIN_SOCKET", default_value = crate::admin::DEFAULT_SOCKET)]
@@ -59,30 +78,23 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Talos keeps containerd's CRI config under /etc/cri.
-pub fn is_talos(root: &Path) -> bool {
-    let os_release = std::fs::read_to_string(root.join("etc/os-release")).unwrap_or_default();
-    os_release.lines().any(|l| l.trim() == "ID=talos") || root.join("etc/cri").is_dir()
-}
-
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let talos = is_talos(Path::new("/"));
-    let (hosts, config) = if talos {
-        ("/etc/cri/conf.d/hosts", "/etc/cri/containerd.toml")
-    } else {
-        ("/etc/containerd/certs.d", "/etc/containerd/config.toml")
-    };
+    let layout = Layout::detect(&args.host_root);
+    let paths = layout.paths(&args.host_root);
     let inputs = Inputs {
-        hosts_dir: args.hosts_dir.unwrap_or_else(|| hosts.into()),
-        containerd_config: args.containerd_config.unwrap_or_else(|| config.into()),
-        containerd_socket: args.containerd_socket,
+        hosts_dir: args.hosts_dir.unwrap_or(paths.hosts_dir),
+        containerd_config: args.containerd_config.unwrap_or(paths.config),
+        containerd_socket: args.containerd_socket.unwrap_or(paths.socket),
+        containerd_root: args.containerd_root,
+        host_root: args.host_root,
         admin_socket: args.admin_socket,
         allowlist: args.registries.allowlist(),
         mirrors: args.mirrors,
         stale_after: args.stale_ingest_after,
         timeout: args.timeout,
         slow_after: args.slow_after,
-        talos,
+        talos: layout == Layout::Talos,
+        layout,
     };
     let report = doctor::run(&inputs).await;
     if args.json {
@@ -90,26 +102,5 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         print!("{}", doctor::text(&report, render::colour()));
     }
-    Ok(if report.failed() {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn detects_talos_by_os_release_or_cri_dir() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(!is_talos(dir.path()));
-        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
-        std::fs::write(dir.path().join("etc/os-release"), "NAME=Talos\nID=talos\n").unwrap();
-        assert!(is_talos(dir.path()));
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("etc/cri")).unwrap();
-        assert!(is_talos(dir.path()));
-    }
+    Ok(ExitCode::from(report.exit_code))
 }

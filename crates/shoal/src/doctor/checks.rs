@@ -1,12 +1,12 @@
 //! The checks that read files only: hosts.toml layout, containerd's config, its ingest directory.
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use shoal_oci::{Allowlist, normalize_registry};
 
 use super::config::ContainerdConfig;
 use super::hosts::HostsFile;
+use super::layout::Layout;
 use super::probe::Version;
 use super::{Check, Inputs, Level};
 
@@ -29,12 +29,28 @@ pub fn default_catch_all(inputs: &Inputs, files: &Files) -> Check {
             return c.fix("pass --hosts-dir (containerd's registry config_path)");
         }
     };
+    let mut foreign_fix = None;
     match files.iter().find(|f| f.registry == "_default") {
         None => c.note(format!(
             "{} has no _default directory",
             inputs.hosts_dir.display()
         )),
         Some(f) => {
+            let ours = f.has_shoal()
+                || f.path
+                    .parent()
+                    .is_some_and(|d| d.join(shoal_hosts::CREATED_MARKER).exists());
+            if !ours {
+                let tool = f
+                    .hosts
+                    .iter()
+                    .find_map(|(u, _)| super::foreign::foreign_tool(u));
+                c.note(format!(
+                    "written by {}, not Shoal (no shoal-managed entry or marker)",
+                    tool.unwrap_or("another tool")
+                ));
+                foreign_fix = Some(super::foreign::foreign_default_fix(tool, &inputs.hosts_dir));
+            }
             let level = if matches!(inputs.allowlist, Allowlist::All) {
                 Level::Warn
             } else {
@@ -54,6 +70,9 @@ pub fn default_catch_all(inputs: &Inputs, files: &Files) -> Check {
                 c.note("Shoal runs with --all-registries, which asks for this catch-all");
             }
         }
+    }
+    if let Some(fix) = foreign_fix {
+        return c.fix(fix);
     }
     c.fix(format!(
         "delete {0}/_default (or run `shoal configure --uninstall --hosts-dir {0}`) and mirror an \
@@ -109,6 +128,28 @@ pub fn allowlisted_without_shoal(inputs: &Inputs, files: &Files) -> Check {
             }
         }
     }
+    for reg in list.iter().filter(|r| list.is_plain_http(r)) {
+        let file = files
+            .iter()
+            .find(|f| normalize_registry(&f.registry) == *reg);
+        match file.and_then(|f| f.server.as_deref().map(|s| (f, s))) {
+            None => c.raise(
+                Level::Fail,
+                format!(
+                    "{reg}: listed as http://{reg}, but without a hosts.toml `server` containerd \
+                     reaches it at https://{reg}, which a plain-HTTP registry refuses"
+                ),
+            ),
+            Some((f, server)) if server.starts_with("https://") => c.raise(
+                Level::Fail,
+                format!(
+                    "{reg}: listed as http://{reg}, but {} says server = \"{server}\"",
+                    f.path.display()
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
     if missing == list.len() && !list.is_empty() {
         c.raise(
             Level::Fail,
@@ -117,7 +158,8 @@ pub fn allowlisted_without_shoal(inputs: &Inputs, files: &Files) -> Check {
     }
     c.fix(format!(
         "run `{}` (the DaemonSet's init container does this); registries listed in \
-         SHOAL_REGISTRIES must match",
+         SHOAL_REGISTRIES must match; a plain-HTTP registry is listed as http://<host>, and \
+         configure writes server = \"http://<host>\" for it",
         configure_cmd(inputs)
     ))
 }
@@ -159,87 +201,6 @@ pub fn shoal_for_unlisted(inputs: &Inputs, files: &Files) -> Check {
     ))
 }
 
-/// Check 4: Interrupted downloads containerd keeps in `…/ingest/` can hang later pulls of the blob.
-pub fn stale_ingests(inputs: &Inputs, cfg: &Result<ContainerdConfig, String>) -> Check {
-    let mut c = Check::new(
-        "stale-ingests",
-        "no stale containerd ingests (interrupted downloads)",
-    );
-    let root = match cfg {
-        Ok(cfg) => cfg.root(),
-        Err(_) => PathBuf::from(super::config::DEFAULT_ROOT),
-    };
-    let dir = root.join("io.containerd.content.v1.content").join("ingest");
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            c.note(format!(
-                "{} does not exist (nothing in flight)",
-                dir.display()
-            ));
-            return c;
-        }
-        Err(e) => {
-            c.raise(Level::Skip, format!("cannot read {}: {e}", dir.display()));
-            return c.fix(
-                "run doctor where containerd's root is mounted (or pass --containerd-config)",
-            );
-        }
-    };
-    let now = SystemTime::now();
-    let mut fresh = 0;
-    for e in entries.flatten() {
-        let path = e.path();
-        let age = now.duration_since(last_modified(&path)).unwrap_or_default();
-        let reference = std::fs::read_to_string(path.join("ref")).unwrap_or_default();
-        let size = std::fs::metadata(path.join("data"))
-            .map(|m| m.len())
-            .unwrap_or(0);
-        if age > inputs.stale_after {
-            c.raise(
-                Level::Fail,
-                format!(
-                    "{} ({}; {} written) untouched for {}",
-                    path.display(),
-                    if reference.is_empty() {
-                        "unknown ref".into()
-                    } else {
-                        reference.trim().to_owned()
-                    },
-                    crate::admin::render::bytes(size),
-                    crate::admin::render::age(age)
-                ),
-            );
-        } else {
-            fresh += 1;
-        }
-    }
-    if c.status == Level::Pass {
-        c.note(format!(
-            "{}: {fresh} ingest(s), none older than {}",
-            dir.display(),
-            crate::admin::render::age(inputs.stale_after)
-        ));
-    }
-    c.fix(
-        "these half-written downloads can make pulls of the same blobs hang: restart containerd \
-         (or reboot the node, as the runbooks do); `ctr -n k8s.io content active` lists them and \
-         `ctr -n k8s.io leases rm --sync <id>` drops the leases of interrupted pulls",
-    )
-}
-
-fn last_modified(dir: &Path) -> SystemTime {
-    let mut newest = std::fs::metadata(dir)
-        .and_then(|m| m.modified())
-        .unwrap_or(SystemTime::UNIX_EPOCH);
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
-            newest = newest.max(t);
-        }
-    }
-    newest
-}
-
 /// Check 5: containerd reads hosts.toml only from its registry `config_path`.
 pub fn config_path(
     inputs: &Inputs,
@@ -264,7 +225,9 @@ pub fn config_path(
     match cfg.config_path() {
         Some(f) if !f.value.is_empty() => {
             let dirs: Vec<&str> = f.value.split(':').filter(|d| !d.is_empty()).collect();
-            if dirs.iter().any(|d| canonical(Path::new(d)) == want) {
+            if dirs.iter().any(|d| {
+                canonical(&super::layout::on_host(&inputs.host_root, Path::new(d))) == want
+            }) {
                 c.note(format!("{} = {:?} in {}", f.key, f.value, f.file.display()));
             } else {
                 c.raise(
@@ -300,7 +263,14 @@ pub fn config_path(
          or [plugins.\"io.containerd.cri.v1.images\".registry] (2.x){}, then restart containerd; or point \
          --hosts-dir at the directory it names",
         inputs.hosts_dir.display(),
-        if inputs.talos { " (Talos writes it in /etc/cri/conf.d/cri.toml)" } else { "" }
+        match inputs.layout {
+            Layout::Talos => " (Talos writes it in /etc/cri/conf.d/cri.toml)",
+            Layout::K3s | Layout::Rke2 =>
+                " (k3s and RKE2 generate config.toml at every start: put it in config.toml.tmpl \
+                 next to it; they also regenerate certs.d from /etc/rancher/<k3s|rke2>/registries.yaml, \
+                 so keep Shoal's registries out of its mirrors or list Shoal there first)",
+            Layout::Containerd => "",
+        }
     ))
 }
 
@@ -452,6 +422,9 @@ mod tests {
             timeout: Duration::from_secs(1),
             slow_after: Duration::from_millis(500),
             talos: false,
+            containerd_root: None,
+            host_root: PathBuf::from("/"),
+            layout: super::super::layout::Layout::Containerd,
         }
     }
 
@@ -573,23 +546,5 @@ mod tests {
         let c = shoal_for_unlisted(&i, &files());
         assert_eq!(c.status, Level::Warn);
         assert!(c.evidence[0].contains("harbor.corp"));
-    }
-
-    #[test]
-    fn old_ingests_are_stale() {
-        let dir = tempfile::tempdir().unwrap();
-        let ingest = dir
-            .path()
-            .join("io.containerd.content.v1.content/ingest/abc");
-        std::fs::create_dir_all(&ingest).unwrap();
-        std::fs::write(ingest.join("ref"), "k8s.io/1/layer-sha256:x").unwrap();
-        let c = cfg(&format!("root = \"{}\"\n", dir.path().display()));
-        let mut i = inputs(Path::new("/h"));
-        assert_eq!(stale_ingests(&i, &c).status, Level::Pass);
-        i.stale_after = Duration::ZERO;
-        std::thread::sleep(Duration::from_millis(20));
-        let r = stale_ingests(&i, &c);
-        assert_eq!(r.status, Level::Fail);
-        assert!(r.evidence[0].contains("layer-sha256:x"), "{:?}", r.evidence);
     }
 }

@@ -26,6 +26,35 @@ pub struct Found<T> {
     pub key: String,
 }
 
+/// Registry credentials as containerd uses them. `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// Empty with an identity (refresh) token.
+    pub username: String,
+    /// The password, or the identity token when `username` is empty.
+    pub secret: String,
+}
+
+impl Credentials {
+    /// Who, for a report: the user name, or that an identity token is used; never the secret.
+    pub fn who(&self) -> String {
+        if self.username.is_empty() {
+            "an identity token".to_owned()
+        } else {
+            format!("user {:?}", self.username)
+        }
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
 const V2_CRI: &str = "io.containerd.grpc.v1.cri";
 const V3_IMAGES: &str = "io.containerd.cri.v1.images";
 
@@ -96,6 +125,11 @@ impl ContainerdConfig {
         found
     }
 
+    /// `root = …`, when set.
+    pub fn root_found(&self) -> Option<Found<String>> {
+        self.string(&[&["root"]])
+    }
+
     /// `root = …`.
     pub fn root(&self) -> PathBuf {
         self.lookup(&[&["root"]])
@@ -135,6 +169,73 @@ impl ContainerdConfig {
             file: f.file,
             key: f.key,
         })
+    }
+
+    /// The credentials containerd's CRI sends to endpoint `host` (`host[:port]`, the key containerd
+    /// looks them up by): `registry.configs."<host>".auth` with `username`/`password`, `auth`
+    /// (base64 `user:password`) or `identitytoken`.
+    pub fn credentials_for(&self, host: &str) -> Option<Found<Credentials>> {
+        let cands: [&[&str]; 2] = [
+            &["plugins", V2_CRI, "registry", "configs", host, "auth"],
+            &["plugins", V3_IMAGES, "registry", "configs", host, "auth"],
+        ];
+        let f = self.lookup(&cands)?;
+        let t = f.value.as_table_like()?;
+        let get = |k: &str| {
+            t.get(k)
+                .and_then(Item::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        let creds = if let Some(username) = get("username") {
+            Credentials {
+                username,
+                secret: get("password").unwrap_or_default(),
+            }
+        } else if let Some(auth) = get("auth") {
+            use base64::Engine as _;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(auth.trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .unwrap_or_default();
+            let (u, p) = decoded.split_once(':').unwrap_or((decoded.as_str(), ""));
+            Credentials {
+                username: u.to_owned(),
+                secret: p.to_owned(),
+            }
+        } else {
+            Credentials {
+                username: String::new(),
+                secret: get("identitytoken").unwrap_or_default(),
+            }
+        };
+        Some(Found {
+            value: creds,
+            file: f.file,
+            key: f.key,
+        })
+    }
+
+    /// Every host that `registry.configs` gives credentials for.
+    pub fn hosts_with_credentials(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (_, doc) in &self.files {
+            for plugin in [V2_CRI, V3_IMAGES] {
+                let configs = doc
+                    .get("plugins")
+                    .and_then(|p| p.get(plugin))
+                    .and_then(|p| p.get("registry"))
+                    .and_then(|r| r.get("configs"))
+                    .and_then(Item::as_table_like);
+                for (host, item) in configs.into_iter().flat_map(|t| t.iter()) {
+                    if item.get("auth").is_some() && !out.iter().any(|h| h == host) {
+                        out.push(host.to_owned());
+                    }
+                }
+            }
+        }
+        out
     }
 
     fn string(&self, c: &[&[&str]]) -> Option<Found<String>> {
@@ -249,6 +350,41 @@ root = "/data/containerd"
         let cp = c.config_path().unwrap();
         assert_eq!(cp.value, "/etc/cri/conf.d/hosts");
         assert_eq!(cp.file, conf_d.join("cri.toml"));
+    }
+
+    #[test]
+    fn credentials_by_endpoint_host_in_every_form() {
+        let text = r#"
+version = 2
+[plugins."io.containerd.grpc.v1.cri".registry.configs."harbor.internal".auth]
+  username = "robot$pull"
+  password = "s3cret"
+[plugins."io.containerd.grpc.v1.cri".registry.configs."10.0.0.1:5000".auth]
+  auth = "dTpw"
+[plugins."io.containerd.grpc.v1.cri".registry.configs."id.example".auth]
+  identitytoken = "tok"
+[plugins."io.containerd.grpc.v1.cri".registry.configs."tls-only".tls]
+  insecure_skip_verify = true
+"#;
+        let c = ContainerdConfig::from_text(Path::new("c.toml"), text).unwrap();
+        let h = c.credentials_for("harbor.internal").unwrap().value;
+        assert_eq!(
+            (h.username.as_str(), h.secret.as_str()),
+            ("robot$pull", "s3cret")
+        );
+        assert!(!format!("{h:?}").contains("s3cret"));
+        let b = c.credentials_for("10.0.0.1:5000").unwrap().value;
+        assert_eq!((b.username.as_str(), b.secret.as_str()), ("u", "p"));
+        let i = c.credentials_for("id.example").unwrap().value;
+        assert_eq!(
+            (i.who().as_str(), i.secret.as_str()),
+            ("an identity token", "tok")
+        );
+        assert!(c.credentials_for("tls-only").is_none());
+        assert_eq!(
+            c.hosts_with_credentials(),
+            ["harbor.internal", "10.0.0.1:5000", "id.example"]
+        );
     }
 
     #[test]

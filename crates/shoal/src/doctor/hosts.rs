@@ -27,6 +27,9 @@ pub struct HostsFile {
     pub hosts: Vec<(String, bool)>,
     /// TLS settings of the server and of each host that has any, by URL.
     pub tls: BTreeMap<String, Tls>,
+    /// `[host]` URLs with `override_path = true`: the URL's path is the API root (a Harbor
+    /// proxy-cache project, `…/v2/<project>`), not `<url>/v2`.
+    pub override_path: std::collections::BTreeSet<String>,
     /// Why the file could not be read or parsed.
     pub problem: Option<String>,
 }
@@ -72,6 +75,7 @@ pub fn scan(root: &Path, mirrors: &[String]) -> Result<Vec<HostsFile>, String> {
                 server: None,
                 hosts: Vec::new(),
                 tls: BTreeMap::new(),
+                override_path: Default::default(),
                 problem: Some(format!("cannot read {}: {e}", path.display())),
             },
         });
@@ -88,6 +92,7 @@ pub fn parse(registry: &str, path: &Path, text: &str, mirrors: &[String]) -> Hos
         server: None,
         hosts: Vec::new(),
         tls: BTreeMap::new(),
+        override_path: Default::default(),
         problem: None,
     };
     let base = path.parent().unwrap_or(Path::new("."));
@@ -125,6 +130,13 @@ pub fn parse(registry: &str, path: &Path, text: &str, mirrors: &[String]) -> Hos
                     .filter(|t| *t != Tls::default())
                 {
                     f.tls.insert(url.to_owned(), tls);
+                }
+                if item
+                    .get("override_path")
+                    .and_then(Item::as_bool)
+                    .unwrap_or(false)
+                {
+                    f.override_path.insert(url.to_owned());
                 }
                 let pos = item
                     .as_table()

@@ -6,16 +6,27 @@
 //! the fix. File checks need nothing running; the containerd, network and daemon checks are
 //! each bounded by a timeout and are skipped (never hang) when what they need is not there.
 
+pub mod auth;
+pub mod bootstrap;
 pub mod checks;
 pub mod config;
+pub mod drift;
+pub mod foreign;
 pub mod hosts;
+pub mod ingests;
+pub mod layout;
+pub mod override_path;
 pub mod probe;
+pub mod scheme;
+pub mod token;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
 use shoal_oci::Allowlist;
+
+pub use probe::DaemonState;
 
 /// A check's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -87,6 +98,10 @@ pub struct Inputs {
     pub hosts_dir: PathBuf,
     pub containerd_config: PathBuf,
     pub containerd_socket: PathBuf,
+    /// containerd's root when given (`--containerd-root`); else from its config or the layout.
+    pub containerd_root: Option<PathBuf>,
+    /// Where the node's filesystem is (paths read from its config are taken under it).
+    pub host_root: PathBuf,
     pub admin_socket: PathBuf,
     pub allowlist: Allowlist,
     /// URLs known to be Shoal's mirror (besides marked `[host]` tables).
@@ -99,11 +114,45 @@ pub struct Inputs {
     pub slow_after: Duration,
     /// Whether the defaults were Talos' (for the wording of fixes).
     pub talos: bool,
+    /// The recognised layout (for defaults and the wording of fixes).
+    pub layout: layout::Layout,
+}
+
+/// The node's overall state, and `shoal doctor`'s exit code for it (docs/doctor.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// No FAIL (WARN and SKIP allowed) and the daemon runs: exit 0.
+    Healthy,
+    /// At least one FAIL: a pull on this node fails, hangs or bypasses the allowlist: exit 1.
+    Broken,
+    /// No FAIL, but the daemon is not running on this node: pulls go upstream: exit 3.
+    NoDaemon,
+}
+
+/// Exit codes; 2 is clap's for a bad command line.
+pub const EXIT_HEALTHY: u8 = 0;
+pub const EXIT_BROKEN: u8 = 1;
+pub const EXIT_NO_DAEMON: u8 = 3;
+
+fn verdict(s: &Summary, daemon: DaemonState) -> (Verdict, u8) {
+    if s.fail > 0 {
+        (Verdict::Broken, EXIT_BROKEN)
+    } else if daemon == DaemonState::NotRunning {
+        (Verdict::NoDaemon, EXIT_NO_DAEMON)
+    } else {
+        (Verdict::Healthy, EXIT_HEALTHY)
+    }
 }
 
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    pub layout: layout::Layout,
+    pub verdict: Verdict,
+    /// What `shoal doctor` exits with.
+    pub exit_code: u8,
+    pub daemon: DaemonState,
     pub hosts_dir: PathBuf,
     pub containerd_config: PathBuf,
     pub containerd_socket: PathBuf,
@@ -131,22 +180,26 @@ pub async fn run(inputs: &Inputs) -> Report {
     let files = hosts::scan(&inputs.hosts_dir, &inputs.mirrors);
     let cfg = config::ContainerdConfig::read(&inputs.containerd_config);
     let version = probe::containerd_version(&inputs.containerd_socket, inputs.timeout).await;
+    let images = probe::node_images(&inputs.containerd_socket, inputs.timeout).await;
     let mut checks = vec![
         checks::default_catch_all(inputs, &files),
         checks::allowlisted_without_shoal(inputs, &files),
         checks::shoal_for_unlisted(inputs, &files),
-        checks::stale_ingests(inputs, &cfg),
+        ingests::stale_ingests(inputs, &cfg),
         checks::config_path(inputs, &cfg, &version),
         checks::discard_unpacked(inputs, &cfg),
         checks::transfer_service(&cfg, &version),
     ];
-    let (mirror, resolve, auth, daemon) = tokio::join!(
+    let (mirror, resolve, auth, foreign, (daemon, daemon_state, daemon_list)) = tokio::join!(
         probe::mirror_reachable(inputs, &files),
         probe::hosts_resolve(inputs, &files),
-        probe::anonymous_401(inputs, &files, &cfg),
+        auth::registry_auth(inputs, &files, &cfg, &images),
+        foreign::foreign_mirrors(inputs, &files),
         probe::daemon_peers(inputs),
     );
-    checks.extend([mirror, resolve, auth, daemon]);
+    let drift = drift::daemon_allowlist(inputs, &files, daemon_list.as_deref());
+    let bootstrap = bootstrap::bootstrap_loop(inputs, &files, &images);
+    checks.extend([mirror, resolve, auth, foreign, daemon, drift, bootstrap]);
     let mut summary = Summary::default();
     for c in &checks {
         match c.status {
@@ -156,7 +209,12 @@ pub async fn run(inputs: &Inputs) -> Report {
             Level::Skip => summary.skip += 1,
         }
     }
+    let (verdict, exit_code) = verdict(&summary, daemon_state);
     Report {
+        layout: inputs.layout,
+        verdict,
+        exit_code,
+        daemon: daemon_state,
         hosts_dir: inputs.hosts_dir.clone(),
         containerd_config: inputs.containerd_config.clone(),
         containerd_socket: inputs.containerd_socket.clone(),
@@ -170,7 +228,8 @@ pub async fn run(inputs: &Inputs) -> Report {
 pub fn text(r: &Report, colour: bool) -> String {
     use crate::admin::render::paint;
     let mut out = format!(
-        "shoal doctor: hosts dir {}, containerd config {}, containerd socket {}, admin socket {}\n\n",
+        "shoal doctor ({} layout): hosts dir {}, containerd config {}, containerd socket {}, admin socket {}\n\n",
+        r.layout.name(),
         r.hosts_dir.display(),
         r.containerd_config.display(),
         r.containerd_socket.display(),
@@ -202,5 +261,15 @@ pub fn text(r: &Report, colour: bool) -> String {
         "\n{} pass, {} warn, {} fail, {} skip\n",
         s.pass, s.warn, s.fail, s.skip
     ));
+    out.push_str(&match r.verdict {
+        Verdict::Healthy => "verdict: healthy (exit 0)\n".to_owned(),
+        Verdict::Broken => format!(
+            "verdict: broken, {} check(s) failed (exit {EXIT_BROKEN})\n",
+            s.fail
+        ),
+        Verdict::NoDaemon => format!(
+            "verdict: the shoal daemon is not running on this node; pulls go upstream (exit {EXIT_NO_DAEMON})\n"
+        ),
+    });
     out
 }

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use containerd_client::services::v1::version_client::VersionClient;
 
-use super::config::ContainerdConfig;
 use super::hosts::{HostsFile, Tls, host_of};
 use super::{Check, Inputs, Level};
 use crate::admin::proto::StatusRequest;
@@ -17,7 +16,7 @@ use crate::admin::proto::StatusRequest;
 type Files = Result<Vec<HostsFile>, String>;
 
 /// Most endpoints or names probed per check (a hosts dir is small; this bounds the odd one).
-const MAX_PROBES: usize = 64;
+pub(super) const MAX_PROBES: usize = 64;
 
 /// containerd's version, or why it is unknown.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,9 +60,43 @@ pub async fn containerd_version(socket: &Path, timeout: Duration) -> Version {
     }
 }
 
+/// The images of containerd's `k8s.io` namespace (name, target digest), within `timeout`.
+pub async fn node_images(
+    socket: &Path,
+    timeout: Duration,
+) -> Result<Vec<(String, String)>, String> {
+    use containerd_client::services::v1::ListImagesRequest;
+    use containerd_client::services::v1::images_client::ImagesClient;
+    let ask = async {
+        let ch = containerd_client::connect(socket)
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
+        let mut req = tonic::Request::new(ListImagesRequest::default());
+        req.metadata_mut().insert(
+            "containerd-namespace",
+            tonic::metadata::MetadataValue::from_static("k8s.io"),
+        );
+        let images = ImagesClient::new(ch)
+            .list(req)
+            .await
+            .map_err(|s| format!("Images.List failed: {}", s.message()))?
+            .into_inner()
+            .images;
+        Ok::<_, String>(
+            images
+                .into_iter()
+                .filter_map(|i| Some((i.name, i.target?.digest)))
+                .collect(),
+        )
+    };
+    tokio::time::timeout(timeout, ask)
+        .await
+        .unwrap_or_else(|_| Err(format!("containerd did not list images within {timeout:?}")))
+}
+
 /// A client that talks TLS to an endpoint the way containerd would: the system's roots plus the
 /// endpoint's `ca` files, or no verification with `skip_verify`.
-fn client(timeout: Duration, tls: &Tls) -> Result<reqwest::Client, String> {
+pub(super) fn client(timeout: Duration, tls: &Tls) -> Result<reqwest::Client, String> {
     let mut b = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)
@@ -104,12 +137,12 @@ fn endpoints(files: &[HostsFile], keep: impl Fn(bool) -> bool) -> BTreeSet<(Stri
 }
 
 /// Whether a request failed on the TLS handshake's certificate check.
-fn is_certificate_error(chain: &str) -> bool {
+pub(super) fn is_certificate_error(chain: &str) -> bool {
     let c = chain.to_ascii_lowercase();
     c.contains("certificate") || c.contains("unknownissuer")
 }
 
-fn v2(url: &str) -> String {
+pub(super) fn v2(url: &str) -> String {
     format!("{}/v2/", url.trim_end_matches('/').trim_end_matches("/v2"))
 }
 
@@ -162,9 +195,27 @@ pub async fn mirror_reachable(inputs: &Inputs, files: &Files) -> Check {
                     c.note(fact);
                 }
             }
+            Err(e) if e.is_connect() && !e.is_timeout() => c.raise(
+                Level::Warn,
+                format!(
+                    "GET {}: {} (containerd skips a refusing mirror and pulls from the next \
+                     endpoint: pulls work, without peers)",
+                    v2(&url),
+                    error_chain(&e)
+                ),
+            ),
             Err(e) => c.raise(
                 Level::Fail,
-                format!("GET {}: {}", v2(&url), error_chain(&e)),
+                format!(
+                    "GET {}: {}{}",
+                    v2(&url),
+                    error_chain(&e),
+                    if e.is_timeout() {
+                        " (a hanging mirror stalls every pull that asks it first)"
+                    } else {
+                        ""
+                    }
+                ),
             ),
         }
     }
@@ -245,117 +296,54 @@ async fn resolve(host: &str, timeout: Duration) -> Result<String, String> {
     }
 }
 
-/// Check 10: A registry endpoint whose TLS certificate this node does not trust (with the `ca`
-/// and `skip_verify` of its hosts.toml), or that wants credentials (HTTP Basic) with none configured.
-pub async fn anonymous_401(
-    inputs: &Inputs,
-    files: &Files,
-    cfg: &Result<ContainerdConfig, String>,
-) -> Check {
-    let mut c = Check::new(
-        "registry-auth",
-        "registry endpoints in hosts.toml accept this node's pulls (trusted TLS, no 401 without credentials)",
-    );
-    let Ok(files) = files else {
-        c.raise(Level::Skip, "hosts directory unreadable (see check 1)");
-        return c;
-    };
-    let urls = endpoints(files, |shoal| !shoal);
-    if urls.is_empty() {
-        c.note("no registry endpoint named in hosts.toml");
-        return c;
-    }
-    let (mut needs_credentials, mut untrusted) = (false, false);
-    for (url, tls) in urls.into_iter().take(MAX_PROBES) {
-        let resp = match client(inputs.timeout, &tls) {
-            Ok(http) => http.get(v2(&url)).send().await,
-            Err(e) => {
-                c.raise(Level::Warn, format!("{url}: {e}"));
-                continue;
-            }
-        };
-        let resp = match resp {
-            Ok(r) => r,
-            Err(e) => {
-                let chain = error_chain(&e);
-                untrusted |= is_certificate_error(&chain);
-                c.raise(Level::Warn, format!("GET {}: {chain}", v2(&url)));
-                continue;
-            }
-        };
-        let status = resp.status();
-        let challenge = resp
-            .headers()
-            .get(reqwest::header::WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        if status != reqwest::StatusCode::UNAUTHORIZED {
-            c.note(format!("GET {} -> {status}", v2(&url)));
-            continue;
-        }
-        if challenge.to_ascii_lowercase().starts_with("bearer") {
-            c.note(format!(
-                "GET {} -> 401 with a token challenge (anonymous pulls get a token)",
-                v2(&url)
-            ));
-            continue;
-        }
-        let host = url::Url::parse(&url)
-            .ok()
-            .and_then(|u| {
-                u.host_str().map(|h| match u.port() {
-                    Some(p) => format!("{h}:{p}"),
-                    None => h.to_owned(),
-                })
-            })
-            .unwrap_or_default();
-        match cfg.as_ref().ok().and_then(|c| c.has_auth_for(&host)) {
-            Some(f) if f.value => c.note(format!(
-                "GET {} -> 401 ({challenge}); credentials configured in {} ({})",
-                v2(&url),
-                f.file.display(),
-                f.key
-            )),
-            _ => {
-                needs_credentials = true;
-                c.raise(
-                Level::Warn,
-                format!(
-                    "GET {} -> 401 ({challenge}): {host} needs credentials and containerd has none \
-                     configured for it; pulls fail unless every pod brings an imagePullSecret",
-                    v2(&url)
-                ),
-            )
-            }
-        }
-    }
-    if untrusted && !needs_credentials {
-        return c.fix(
-            "an endpoint's TLS certificate is not trusted from this node, so containerd fails the \
-             same way: give containerd the registry's CA with `ca = \"/path/ca.pem\"` in that \
-             hosts.toml (Talos: machine.registries.config.<host>.tls.ca), or fix the certificate \
-             (expired, wrong name); `skip_verify = true` only on a lab cluster",
-        );
-    }
-    if !needs_credentials {
-        return c.fix(
-            "an endpoint containerd is told to use did not answer from this node: check its \
-             address in hosts.toml, the node's firewall and routes (see also check 9)",
-        );
-    }
-    c.fix(
-        "create a robot (pull-only) account on that registry and give containerd its credentials \
-         (Talos: machine.registries.config.<host>.auth; otherwise imagePullSecrets on the pods' \
-         service account); test with `curl -u '<robot>:<token>' <endpoint>/v2/`",
-    )
+/// Whether the daemon answers on its admin socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DaemonState {
+    Running,
+    /// No socket, or nothing listening on it: the daemon is not running on this node.
+    NotRunning,
+    /// Something listens but does not answer in time, or answers with an error.
+    Broken,
 }
 
-/// Check 11: The daemon is up and found peers.
-pub async fn daemon_peers(inputs: &Inputs) -> Check {
+/// Check: The daemon is up and found peers. A daemon that is not running is SKIP (pulls go
+/// upstream; the report's exit code says so), a stuck one FAIL.
+pub async fn daemon_peers(inputs: &Inputs) -> (Check, DaemonState, Option<Vec<String>>) {
     let mut c = Check::new("peers", "the daemon runs and has peers");
+    let sock = &inputs.admin_socket;
+    let connect = tokio::time::timeout(inputs.timeout, tokio::net::UnixStream::connect(sock));
+    match connect.await {
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            c.raise(
+                Level::Skip,
+                format!(
+                    "the shoal daemon is not running on this node (admin socket {}: {e})",
+                    sock.display()
+                ),
+            );
+            let c = c.fix(format!(
+                "start the shoal DaemonSet on this node (`kubectl -n <ns> get pods -o wide`) and look                  at its logs; if it runs in a container, pass its socket with --admin-socket (now {})",
+                sock.display()
+            ));
+            return (c, DaemonState::NotRunning, None);
+        }
+        Ok(Err(e)) => {
+            c.raise(Level::Fail, format!("admin socket {}: {e}", sock.display()));
+            let c = c.fix(
+                "check the admin socket's permissions (run doctor as root) and the daemon's logs",
+            );
+            return (c, DaemonState::Broken, None);
+        }
+        _ => {}
+    }
     let ask = async {
-        let mut client = crate::admin::connect(&inputs.admin_socket).await?;
+        let mut client = crate::admin::connect(sock).await?;
         let s = client
             .status(StatusRequest {})
             .await
@@ -367,14 +355,16 @@ pub async fn daemon_peers(inputs: &Inputs) -> Check {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             c.raise(Level::Fail, format!("{e}: {}", e.root_cause()));
-            return c.fix("start the shoal DaemonSet on this node (`kubectl -n <ns> get pods -o wide`); look at its logs");
+            let c = c.fix("the daemon's admin API fails: look at its logs and restart its pod");
+            return (c, DaemonState::Broken, None);
         }
         Err(_) => {
             c.raise(
                 Level::Fail,
                 format!("the daemon did not answer within {:?}", inputs.timeout),
             );
-            return c.fix("the daemon is stuck: look at its logs and restart its pod");
+            let c = c.fix("the daemon is stuck: look at its logs and restart its pod");
+            return (c, DaemonState::Broken, None);
         }
     };
     c.note(format!(
@@ -391,13 +381,14 @@ pub async fn daemon_peers(inputs: &Inputs) -> Check {
             status.ready_reason
         ));
     }
-    c.fix(
+    let c = c.fix(
         "check --bootstrap (static:/dns:/mdns) and that other nodes' p2p port (5001) is reachable \
          from this one; a one-node cluster has no peers by design",
-    )
+    );
+    (c, DaemonState::Running, Some(status.allowlist))
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(cause) = src {
@@ -406,4 +397,19 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = cause.source();
     }
     s
+}
+
+/// The body of `resp`, refused past `max` bytes.
+pub(super) async fn read_bounded(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| error_chain(&e))? {
+        if body.len() + chunk.len() > max {
+            return Err(format!("answer larger than {max} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
