@@ -29,24 +29,26 @@ fn doctor_times_endpoints_and_flags_the_fast_one_containerd_does_not_use() {
     rig.registry().push(&img);
     let upstream = rig.registry().url();
     let slow_url = format!("http://127.0.0.1:{SLOW_PORT}");
-    // 8 KiB per 25 ms: at most ~330 KB/s, about the seeds' tailnet.
+    // 8 KiB per 75 ms: about 100 KB/s, the order of the seeds' tailnet; a read through it is
+    // slower than the direct one by far more than the noise of a loaded machine.
     let proxy = SlowProxy::start(
         n,
         SLOW_PORT,
         &rig.registry().addr(),
-        Duration::from_millis(25),
+        Duration::from_millis(75),
     );
     let file = n.hosts_dir().join("docker.io/hosts.toml");
+    n.pull(img.reference()).unwrap();
     write(&file, &hosts(&upstream, &slow_url, &upstream));
-
-    // containerd tries the slow endpoint first and keeps to it.
+    // containerd resolves through the slow endpoint first and keeps to it.
     n.pull(img.reference()).unwrap();
     assert!(proxy.connections() > 0, "containerd never used {slow_url}");
 
     let plain = n.dir().join("config.toml");
-    let slow_after = ["--slow-after", "300ms"];
-    let (_, r, text) = doctor(n, &plain, &slow_after);
+    let flags = ["--slow-after", "1s", "--timeout", "10s"];
+    let (_, r, text) = doctor(n, &plain, &flags);
     let c = check(&r, "mirror-speed");
+    eprintln!("mirror-speed, slow endpoint first: {c:#}");
     let ev = c["evidence"].to_string();
     assert_finding(
         &r,
@@ -66,7 +68,7 @@ fn doctor_times_endpoints_and_flags_the_fast_one_containerd_does_not_use() {
         format!("{slow_url} (docker.io): /v2/ in "),
         format!("{upstream} (docker.io): /v2/ in "),
         "256.0 KiB in ".to_owned(),
-        "slower than --slow-after 300ms".to_owned(),
+        "slower than --slow-after 1s".to_owned(),
     ] {
         assert!(ev.contains(&want), "evidence lacks {want:?}: {c}");
     }
@@ -83,11 +85,11 @@ fn doctor_times_endpoints_and_flags_the_fast_one_containerd_does_not_use() {
     // The fix applied: the fast endpoint first. The slow one is still slow, no longer unused,
     // and containerd's pull goes to the fast one only.
     write(&file, &hosts(&upstream, &upstream, &slow_url));
-    let (_, r, _) = doctor(n, &plain, &slow_after);
+    let (_, r, _) = doctor(n, &plain, &flags);
     let c = check(&r, "mirror-speed");
+    eprintln!("mirror-speed, fast endpoint first: {c:#}");
     assert!(!c["evidence"].to_string().contains("is unused"), "{c}");
     assert_finding(&r, "mirror-speed", "warn", "slower than --slow-after", "");
-    assert!(n.ctr(&["images", "rm", img.reference()]).status.success());
     let before = proxy.connections();
     n.pull(img.reference()).unwrap();
     assert_eq!(proxy.connections(), before, "containerd used {slow_url}");
