@@ -400,8 +400,8 @@ fn doctor_passes_a_healthy_node_and_reports_each_finding_with_its_fix() {
         .filter(|c| c["status"] != "pass")
         .collect();
     assert!(ok && not_pass.is_empty(), "healthy node: {not_pass:#?}");
-    assert_eq!(healthy["checks"].as_array().unwrap().len(), 14);
-    assert_eq!(healthy["summary"]["pass"], 14);
+    assert_eq!(healthy["checks"].as_array().unwrap().len(), 15);
+    assert_eq!(healthy["summary"]["pass"], 15);
     assert_eq!(healthy["verdict"], "healthy");
     assert_eq!(healthy["daemon"], "running");
     let text = String::from_utf8_lossy(
@@ -420,7 +420,7 @@ fn doctor_passes_a_healthy_node_and_reports_each_finding_with_its_fix() {
     )
     .into_owned();
     eprintln!("$ shoal doctor (healthy)\n{text}");
-    assert!(text.contains("14 pass, 0 warn, 0 fail, 0 skip"), "{text}");
+    assert!(text.contains("15 pass, 0 warn, 0 fail, 0 skip"), "{text}");
 
     // Allowlist drift: hosts.toml written for a list the running daemon does not have.
     let out = std::process::Command::new(shoal_bin())

@@ -19,7 +19,7 @@ const WRONG: &str = "Wr0ng-Secret-Robot-Token";
 /// `shoal doctor` in `node`'s namespace with the node's paths, `config` as containerd's config
 /// and no daemon unless `--admin-socket` is in `extra`; returns (exit code, JSON report, text
 /// report of the same run's flags).
-fn doctor(node: &Node, config: &Path, extra: &[&str]) -> (i32, Value, String) {
+pub(crate) fn doctor(node: &Node, config: &Path, extra: &[&str]) -> (i32, Value, String) {
     let hosts = node.hosts_dir().display().to_string();
     let config = config.display().to_string();
     let sock = node.containerd_socket().display().to_string();

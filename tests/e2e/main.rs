@@ -6,6 +6,7 @@ mod configure;
 mod content;
 mod deploy;
 mod doctor;
+mod doctor_speed;
 mod faults;
 mod multi;
 mod p2p;

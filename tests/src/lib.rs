@@ -26,6 +26,7 @@ mod process;
 mod registry;
 mod rig;
 mod shoal;
+mod slow;
 mod token;
 
 use std::path::PathBuf;
@@ -41,6 +42,7 @@ pub use rig::{Rig, RigBuilder, write_psk};
 pub use shoal::{
     Daemon, DaemonBuilder, METRICS_PORT, MIRROR_PORT, P2P_PORT, metric_sum, shoal_cluster,
 };
+pub use slow::SlowProxy;
 pub use token::{BearerConfig, BearerRegistry, HangingListener, TOKEN_SERVICE, TokenCounts};
 
 /// Tools the rig runs, with the Debian package providing each.

@@ -181,7 +181,7 @@ impl Drop for BearerRegistry {
 }
 
 /// Moves the calling thread into the network namespace at `path`.
-fn enter(path: &str) -> Result<(), String> {
+pub(crate) fn enter(path: &str) -> Result<(), String> {
     let f = File::open(path).map_err(|e| format!("open {path}: {e}"))?;
     nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(|e| format!("setns {path}: {e}"))

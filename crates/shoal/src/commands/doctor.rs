@@ -69,7 +69,8 @@ pub struct Args {
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 
-    /// A mirror answering `/v2/` slower than this is reported slow.
+    /// An endpoint answering `/v2/`, or a registry endpoint's 256 KiB ranged read, slower than
+    /// this is reported slow.
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     pub slow_after: Duration,
 

@@ -97,7 +97,7 @@ fn fix_for(p: Problem) -> &'static str {
 }
 
 /// `host[:port]` of an endpoint URL, as containerd keys credentials.
-fn endpoint_host(url: &str) -> String {
+pub(super) fn endpoint_host(url: &str) -> String {
     url::Url::parse(url)
         .ok()
         .and_then(|u| {
@@ -484,7 +484,7 @@ fn keyed_elsewhere(
     })
 }
 
-fn basic(user: &str, secret: &str) -> String {
+pub(super) fn basic(user: &str, secret: &str) -> String {
     use base64::Engine as _;
     format!(
         "Basic {}",

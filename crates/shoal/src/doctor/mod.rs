@@ -18,6 +18,7 @@ pub mod layout;
 pub mod override_path;
 pub mod probe;
 pub mod scheme;
+pub mod speed;
 pub mod token;
 
 use std::path::PathBuf;
@@ -190,16 +191,19 @@ pub async fn run(inputs: &Inputs) -> Report {
         checks::discard_unpacked(inputs, &cfg),
         checks::transfer_service(&cfg, &version),
     ];
-    let (mirror, resolve, auth, foreign, (daemon, daemon_state, daemon_list)) = tokio::join!(
+    let (mirror, resolve, auth, speed, foreign, (daemon, daemon_state, daemon_list)) = tokio::join!(
         probe::mirror_reachable(inputs, &files),
         probe::hosts_resolve(inputs, &files),
         auth::registry_auth(inputs, &files, &cfg, &images),
+        speed::mirror_speed(inputs, &files, &cfg, &images),
         foreign::foreign_mirrors(inputs, &files),
         probe::daemon_peers(inputs),
     );
     let drift = drift::daemon_allowlist(inputs, &files, daemon_list.as_deref());
     let bootstrap = bootstrap::bootstrap_loop(inputs, &files, &images);
-    checks.extend([mirror, resolve, auth, foreign, daemon, drift, bootstrap]);
+    checks.extend([
+        mirror, resolve, auth, speed, foreign, daemon, drift, bootstrap,
+    ]);
     let mut summary = Summary::default();
     for c in &checks {
         match c.status {
