@@ -14,8 +14,14 @@ fuzz_target!(|s: &str| {
             !registry.contains(['/', '%', '\\']) && !registry.is_empty(),
             "{s:?} split off {registry:?}"
         );
-        assert!(rest.starts_with("/v2/") && s.ends_with(&rest[4..]), "{s:?} -> {rest:?}");
-        assert!(shoal_oci::Allowlist::only([registry.as_str()]).is_ok(), "{s:?}: {registry:?}");
+        assert!(
+            rest.starts_with("/v2/") && s.ends_with(&rest[4..]),
+            "{s:?} -> {rest:?}"
+        );
+        assert!(
+            shoal_oci::Allowlist::only([registry.as_str()]).is_ok(),
+            "{s:?}: {registry:?}"
+        );
     }
     match ApiPath::parse(s) {
         Ok(p) => {
