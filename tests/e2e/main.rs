@@ -2,12 +2,16 @@
 //! namespaces, built with the `shoal_tests` rig. One module per topic.
 
 mod cli;
+mod clients;
 mod configure;
 mod content;
 mod deploy;
 mod doctor;
 mod doctor_speed;
 mod faults;
+mod flood;
+mod health;
+mod history;
 mod multi;
 mod p2p;
 mod rig;

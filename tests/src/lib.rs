@@ -18,6 +18,7 @@ mod alloc;
 mod cmd;
 mod containerd;
 mod cri;
+pub mod flood;
 mod images;
 mod layout;
 mod net;

@@ -12,8 +12,12 @@ use shoal_oci::{ErrorBody, ErrorCode, PathError};
 pub enum MirrorError {
     #[error("{0}")]
     Path(#[from] PathError),
-    /// containerd always sends `?ns=` to a mirror; without it the upstream is unknown.
-    #[error("the ns query parameter (upstream registry) is required")]
+    /// containerd always sends `?ns=` to a mirror; without it (and without a registry prefix
+    /// in the path) the upstream is unknown, and guessing it could cross the allowlist.
+    #[error(
+        "the upstream registry is required: add ?ns=<registry> (as containerd does) or ask for \
+         /v2/<registry>/<repository>/..."
+    )]
     MissingNamespace,
     #[error("registry {0:?} is not mirrored by this node")]
     RegistryNotAllowed(String),

@@ -34,6 +34,19 @@ pub enum FetchEventKind {
     /// Every attempt failed (or the blob could not be spooled); the request was answered 404
     /// with nothing sent.
     GaveUp { reason: String },
+    /// The request ended; the last event of every request that emitted any.
+    Ended(RequestEnd),
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestEnd {
+    /// The whole answer was handed to the connection (`sent` body bytes).
+    Completed { sent: u64 },
+    /// Answered with an error (`status`), or the body failed midway.
+    Failed { status: u16, reason: String },
+    /// The client went away before the answer was complete (`sent` body bytes by then).
+    Cut { sent: u64 },
 }
 
 /// One fetch event.
@@ -44,6 +57,9 @@ pub struct FetchEvent {
     pub key: String,
     /// The peer concerned, if any.
     pub peer: Option<String>,
+    /// The request this event belongs to: unique per request within the process (0 for an
+    /// event emitted outside any request). Events are grouped into requests by this id only.
+    pub request: u64,
     pub kind: FetchEventKind,
 }
 
@@ -112,6 +128,7 @@ mod tests {
                 at: SystemTime::now(),
                 key: format!("k{i}"),
                 peer: None,
+                request: i,
                 kind: FetchEventKind::Miss,
             });
         }

@@ -55,6 +55,7 @@ mod fetch;
 mod metrics;
 mod multi;
 mod peer_auth;
+mod refusal;
 mod routes;
 mod serve;
 mod server;
@@ -62,6 +63,7 @@ mod source;
 mod spool;
 mod state;
 mod timed_store;
+mod trace;
 
 pub use client::DIGEST_HEADER;
 pub use config::{
@@ -70,12 +72,13 @@ pub use config::{
     DEFAULT_PIECE_SIZE, DEFAULT_RESOLVE_TIMEOUT, DEFAULT_SMALL_BLOB_THRESHOLD, MirrorConfig,
 };
 pub use error::MirrorError;
-pub use events::{EventLog, EventSink, FetchEvent, FetchEventKind, NoEvents};
+pub use events::{EventLog, EventSink, FetchEvent, FetchEventKind, NoEvents, RequestEnd};
 pub use metrics::{Metrics, Readiness, Source, metrics_router};
 pub use peer_auth::{
     AUTH_SCHEME, AUTH_WINDOW_SECS, HeaderMarker, HmacAuth, LoopbackOnly, PEER_HEADER, PeerAuth,
     PeerCheck, is_loopback,
 };
+pub use refusal::{Refusal, Refusals};
 pub use routes::router;
 pub use server::{
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,

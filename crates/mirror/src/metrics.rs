@@ -4,7 +4,7 @@
 //! sending arbitrary `?ns=` values cannot blow up the series count.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
 use std::time::Duration;
 
 use axum::Router;
@@ -18,6 +18,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::refusal::Refusals;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -56,6 +58,7 @@ pub struct Metrics {
     resolve: Histogram,
     peers: Gauge,
     advertised: Gauge,
+    refusals: Refusals,
 }
 
 impl Default for Metrics {
@@ -73,6 +76,13 @@ impl Metrics {
         let resolve = Histogram::new(exponential_buckets(0.0005, 2.0, 13));
         let peers = Gauge::default();
         let advertised = Gauge::default();
+        let refused = Family::default();
+        registry.register(
+            "refusals",
+            "Connections and requests turned away, by server and reason (connection_limit, \
+             request_limit, unauthorized, rejected, malformed, header_timeout, accept_failed)",
+            refused.clone(),
+        );
         registry.register(
             "mirror_requests",
             "Mirror requests by registry, kind (manifest/blob/base) and outcome",
@@ -101,7 +111,13 @@ impl Metrics {
             resolve,
             peers,
             advertised,
+            refusals: Refusals::new(refused),
         }
+    }
+
+    /// Where refused connections and requests are counted and (rate-limited) logged.
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
     }
 
     /// Count one finished request.
@@ -165,19 +181,43 @@ impl Metrics {
     }
 }
 
-/// Whether the daemon is ready to serve (set once the content store and DHT are up).
-#[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+/// Whether this node's mirror can serve and fetch, and if not why (the `/readyz` answer). The
+/// daemon sets it from bounded checks (containerd answers, the spool directory is writable, the
+/// mirror listener runs, the DHT is up); starts not ready.
+#[derive(Debug, Clone)]
+pub struct Readiness(Arc<RwLock<Result<(), String>>>);
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness(Arc::new(RwLock::new(Err("starting".into()))))
+    }
+}
 
 impl Readiness {
     pub fn new() -> Self {
         Self::default()
     }
     pub fn set_ready(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
+        self.set(if ready {
+            Ok(())
+        } else {
+            Err("not ready".into())
+        });
+    }
+    /// Ready, or not ready for the reason given.
+    pub fn set(&self, state: Result<(), String>) {
+        if let Ok(mut s) = self.0.write() {
+            *s = state;
+        }
     }
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.state().is_ok()
+    }
+    /// `Err(reason)` while not ready.
+    pub fn state(&self) -> Result<(), String> {
+        self.0
+            .read()
+            .map_or_else(|_| Err("readiness state poisoned".into()), |s| s.clone())
     }
 }
 
@@ -187,8 +227,10 @@ struct MetricsState {
     ready: Readiness,
 }
 
-/// `/metrics` (OpenMetrics text), `/healthz` (always 200 while the process runs), `/readyz`
-/// (200 once `ready` is set, 503 before).
+/// `/metrics` (OpenMetrics text), `/healthz` (liveness: 200 while the process and its runtime
+/// answer), `/readyz` (200 while `ready` holds, else 503 with the reason). Every answer has a
+/// `Content-Length` and is computed without waiting on anything: the checks behind readiness
+/// run elsewhere, so a probe is answered at once even when containerd hangs.
 pub fn metrics_router(metrics: Metrics, ready: Readiness) -> Router {
     Router::new()
         .route("/metrics", get(serve_metrics))
@@ -209,9 +251,12 @@ async fn serve_metrics(State(s): State<MetricsState>) -> Response {
 }
 
 async fn serve_ready(State(s): State<MetricsState>) -> Response {
-    if s.ready.is_ready() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    match s.ready.state() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
     }
 }

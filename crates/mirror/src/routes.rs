@@ -2,9 +2,10 @@
 //! store or to peers.
 //!
 //! Order of checks, each answering at once: requests in flight (503 over the limit), method
-//! (GET/HEAD), who is asking (loopback client, signed peer, or 401), path grammar,
-//! `ns` (required: containerd always sends it to a mirror; guessing a registry from the path
-//! could cross the allowlist), allowlist (404 before any lookup), `Range` syntax. Then local
+//! (GET/HEAD), who is asking (loopback client, signed peer, or 401), the upstream registry
+//! (`?ns=`, which containerd always sends to a mirror; without it, an explicit
+//! `/v2/<registry>/<repository>/…` prefix; never guessed, since a guess could cross the
+//! allowlist), path grammar, allowlist (404 before any lookup), `Range` syntax. Then local
 //! content; then, for requests from the local containerd only, peers. Requests marked as coming
 //! from a peer are answered from local content only, so requests never loop between nodes.
 
@@ -14,28 +15,29 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Method, StatusCode, header};
 use shoal_oci::{
     ApiPath, Digest, Key, MAX_MANIFEST_BYTES, ManifestRef, Range, Repository, Tag, TagKey,
-    normalize_registry,
+    normalize_registry, split_registry,
 };
 use tracing::{Instrument, field};
 
 use crate::client::PeerPath;
 use crate::download;
 use crate::error::MirrorError;
-use crate::events::FetchEventKind;
+use crate::events::{FetchEventKind, RequestEnd};
 use crate::fetch::{Fetch, GaveUp, Pool};
 use crate::metrics::Source;
 use crate::multi;
 use crate::peer_auth::PeerCheck;
+use crate::refusal::Refusal;
 use crate::serve::{self, Meta};
 use crate::source::{BlobInfo, Provider};
 use crate::spool::SpoolError;
 use crate::state::{MirrorState, Shared};
+use crate::trace::{RequestTrace, TracedBody};
 
 type Served = Result<(Response, Source), MirrorError>;
 
@@ -56,19 +58,22 @@ struct Ask {
 async fn handle(State(state): State<MirrorState>, req: Request) -> Response {
     let shared = state.0;
     let (parts, _) = req.into_parts();
-    // Load shedding before any work: a 503 is cheap and containerd falls back to the next host.
-    let Ok(permit) = shared.requests.clone().try_acquire_owned() else {
-        shared.metrics.request("none", "other", "overloaded");
-        tracing::warn!(
-            limit = shared.cfg.max_concurrent_requests,
-            "mirror overloaded; answering 503"
-        );
-        return MirrorError::Overloaded(shared.cfg.max_concurrent_requests).into_response();
-    };
     let remote = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
+    // Load shedding before any work: a 503 is cheap and containerd falls back to the next host.
+    let Ok(permit) = shared.requests.clone().try_acquire_owned() else {
+        shared.metrics.request("none", "other", "overloaded");
+        let limit = shared.cfg.max_concurrent_requests;
+        shared.metrics.refusals().refuse(
+            SERVER,
+            Refusal::RequestLimit,
+            remote,
+            &format_args!("limit {limit}"),
+        );
+        return MirrorError::Overloaded(limit).into_response();
+    };
     let span = tracing::info_span!(
         "mirror",
         method = %parts.method,
@@ -79,7 +84,10 @@ async fn handle(State(state): State<MirrorState>, req: Request) -> Response {
         peer = field::Empty,
     );
     let started = Instant::now();
-    let (kind, label, result) = dispatch(&shared, &parts, remote)
+    let trace = RequestTrace::new(shared.events.clone());
+    let (kind, label, result) = trace
+        .clone()
+        .scope(dispatch(&shared, &parts, remote))
         .instrument(span.clone())
         .await;
     let outcome = match &result {
@@ -92,47 +100,51 @@ async fn handle(State(state): State<MirrorState>, req: Request) -> Response {
         Ok((res, source)) => {
             span.record("source", source.as_str());
             tracing::debug!(status = %res.status(), elapsed = ?started.elapsed(), "answered");
+            if parts.method == Method::HEAD {
+                trace.end(RequestEnd::Completed { sent: 0 });
+            }
             // The permit lives as long as the body: a streaming blob counts until its last byte.
-            let (parts, body) = res.into_parts();
-            let body = Body::new(http_body_util::BodyExt::map_frame(body, move |f| {
-                let _held = &permit;
-                f
-            }));
-            Response::from_parts(parts, body)
-        }
-        Err(e @ (MirrorError::Unauthenticated | MirrorError::PeerRejected)) => {
-            unauthorized_log(&shared, remote, &parts, &e);
-            e.into_response()
+            let (res_parts, body) = res.into_parts();
+            Response::from_parts(res_parts, TracedBody::wrap(body, trace, permit))
         }
         Err(e) => {
-            tracing::debug!(error = %e, status = %e.status(), elapsed = ?started.elapsed(), "refused");
-            e.into_response()
+            let reason = e.to_string();
+            trace.end(RequestEnd::Failed {
+                status: e.status().as_u16(),
+                reason: reason.clone(),
+            });
+            let refusal = match &e {
+                MirrorError::Unauthenticated => Some(Refusal::Unauthorized),
+                MirrorError::PeerRejected => Some(Refusal::Rejected),
+                MirrorError::Path(_)
+                | MirrorError::MissingNamespace
+                | MirrorError::MethodNotAllowed(_) => Some(Refusal::Malformed),
+                _ => None,
+            };
+            let mut res = e.into_response();
+            match refusal {
+                Some(r) => {
+                    shared.metrics.refusals().refuse(
+                        SERVER,
+                        r,
+                        remote,
+                        &format_args!("{} {}", parts.method, parts.uri.path()),
+                    );
+                    // A refused client keeps no idle connection (and no slot) open.
+                    res.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                None => {
+                    tracing::debug!(error = %reason, status = %res.status(), elapsed = ?started.elapsed(), "not served");
+                }
+            }
+            res
         }
     }
 }
 
-/// A refused request is logged at `warn` with its remote address, at most once a second (a
-/// scanning pod must not flood the log); the rest at `debug`. Every one is counted in
-/// `shoal_mirror_requests_total{outcome="unauthorized"|"rejected"}`.
-fn unauthorized_log(
-    shared: &Shared,
-    remote: Option<SocketAddr>,
-    parts: &http::request::Parts,
-    e: &MirrorError,
-) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let last = shared
-        .last_unauthorized_warn
-        .swap(now, std::sync::atomic::Ordering::Relaxed);
-    let remote = remote.map_or_else(|| "unknown".to_owned(), |r| r.to_string());
-    if last != now {
-        tracing::warn!(%remote, path = %parts.uri.path(), reason = e.outcome(), "refused a mirror request without a valid credential (401)");
-    } else {
-        tracing::debug!(%remote, path = %parts.uri.path(), reason = e.outcome(), "refused (401)");
-    }
-}
+/// The `server` label of the mirror's refusals.
+const SERVER: &str = "mirror";
 
 /// Returns (kind, registry label, result) for metrics.
 async fn dispatch(
@@ -160,7 +172,20 @@ async fn dispatch(
             return ("other", "none".into(), Err(MirrorError::Unauthenticated));
         }
     };
-    let api = match ApiPath::parse(parts.uri.path()) {
+    let ns = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+        .ok()
+        .and_then(|q| q.0.get("ns").cloned())
+        .filter(|ns| !ns.is_empty());
+    // Without `?ns=` (clients other than containerd: skopeo, crane, oras), the registry may
+    // lead the repository: `/v2/<registry>/<repository>/…`. Never guessed otherwise.
+    let (path, ns) = match ns {
+        Some(ns) => (parts.uri.path().to_owned(), Some(ns)),
+        None => match split_registry(parts.uri.path()) {
+            Some((registry, rest)) => (rest, Some(registry)),
+            None => (parts.uri.path().to_owned(), None),
+        },
+    };
+    let api = match ApiPath::parse(&path) {
         Ok(a) => a,
         Err(e) => return ("other", "none".into(), Err(e.into())),
     };
@@ -181,10 +206,6 @@ async fn dispatch(
         ApiPath::Manifest { .. } => "manifest",
         ApiPath::Blob { .. } => "blob",
     };
-    let ns = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
-        .ok()
-        .and_then(|q| q.0.get("ns").cloned())
-        .filter(|ns| !ns.is_empty());
     let Some(ns) = ns else {
         return (kind, "none".into(), Err(MirrorError::MissingNamespace));
     };
@@ -211,6 +232,21 @@ async fn dispatch(
         Ok(r) => r,
         Err(e) => return (kind, registry, Err(e)),
     };
+    // The record of this request is kept under the key it asks for, from here on, so even an
+    // answer that fails before any lookup (a bad range) is explained.
+    let key = match &api {
+        ApiPath::Blob { digest, .. }
+        | ApiPath::Manifest {
+            reference: ManifestRef::Digest(digest),
+            ..
+        } => digest.to_string(),
+        ApiPath::Manifest {
+            repository,
+            reference: ManifestRef::Tag(tag),
+        } => TagKey::new(registry.as_str(), repository.as_str(), tag.as_str()).to_string(),
+        ApiPath::Base => String::new(),
+    };
+    RequestTrace::current_id(&key);
     let ask = Ask {
         registry: registry.clone(),
         head,

@@ -7,17 +7,25 @@
 //! * request headers must arrive within `header_read_timeout` and fit `max_header_bytes`;
 //! * a connection with no byte read or written for `idle_timeout` is closed (a stalled reader of
 //!   a blob, a silent keep-alive connection); a slow but moving transfer is never cut;
-//! * at most `max_connections` are open; one more is closed at once (containerd moves to the
-//!   next host on a refused or reset connection, it does not wait);
+//! * at most `max_connections` are open; when full, a new connection takes the place of the
+//!   oldest one with no request in progress (half-open, or idle between keep-alive requests),
+//!   and only when every connection is busy is the new one closed at once (containerd moves to
+//!   the next host on a refused or reset connection, it does not wait). So a flood of silent
+//!   connections cannot lock out containerd, peers or the kubelet's probes ([`ConnTable`]);
+//! * every refusal (full, headers too slow or malformed) is counted and logged at most once a
+//!   second per reason ([`crate::refusal`]);
 //! * every request carries [`ConnectInfo`] with the TCP peer address (the loopback rule of
 //!   [`crate::peer_auth`]);
 //! * on shutdown, listening stops, open connections finish their in-flight request and close;
 //!   the caller bounds that drain with its grace period (dropping the future aborts the rest).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,6 +39,9 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+use crate::refusal::{Refusal, Refusals};
+use crate::trace::HoldBody;
 
 /// Limits of one HTTP server.
 #[derive(Debug, Clone)]
@@ -65,12 +76,14 @@ impl Default for ServerLimits {
 }
 
 /// Serves `router` on `listener` until `shutdown`, then drains open connections (see the module
-/// docs). Returns when every connection has closed.
+/// docs). Returns when every connection has closed. Refusals are counted and logged through
+/// `refusals` under the label `name`.
 pub async fn serve(
     name: &'static str,
     listener: TcpListener,
     router: Router,
     limits: ServerLimits,
+    refusals: Refusals,
     shutdown: CancellationToken,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -80,7 +93,7 @@ pub async fn serve(
         .max_headers(limits.max_headers)
         .keep_alive(true);
     let http = Arc::new(http);
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let table = Arc::new(Mutex::new(ConnTable::default()));
     let mut conns = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -92,43 +105,204 @@ pub async fn serve(
             Ok(a) => a,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(server = name, error = %e, "accept failed");
+                refusals.refuse(name, Refusal::AcceptFailed, None, &e);
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(server = name, %remote, limit = limits.max_connections, "too many connections; closing a new one");
-            drop(tcp);
-            continue;
+        let admitted = lock(&table).admit(limits.max_connections, remote);
+        let conn = match admitted {
+            Admit::Room(conn) => conn,
+            Admit::Evicted(conn, evicted) => {
+                refusals.refuse(
+                    name,
+                    Refusal::ConnectionLimit,
+                    Some(evicted),
+                    &format_args!(
+                        "limit {}; closed this idle connection to admit one from {remote}",
+                        limits.max_connections
+                    ),
+                );
+                conn
+            }
+            Admit::Full => {
+                refusals.refuse(
+                    name,
+                    Refusal::ConnectionLimit,
+                    Some(remote),
+                    &format_args!(
+                        "limit {}; every connection is busy, closed this new one",
+                        limits.max_connections
+                    ),
+                );
+                drop(tcp);
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let io = TokioIo::new(IdleTimeout::new(tcp, limits.idle_timeout));
         let router = router.clone();
+        let svc_conn = conn.clone();
         let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(remote));
-            router.clone().oneshot(req.map(axum::body::Body::new))
+            let busy = Busy::start(svc_conn.clone());
+            let call = router.clone().oneshot(req.map(axum::body::Body::new));
+            async move {
+                let res = call.await?;
+                // Busy until the response body is dropped (sent, or the connection died).
+                Ok::<_, std::convert::Infallible>(res.map(|body| HoldBody::wrap(body, busy)))
+            }
         });
         let http = http.clone();
         let shutdown = shutdown.clone();
+        let table = table.clone();
+        let refusals = refusals.clone();
         conns.spawn(async move {
-            let _slot = slot;
-            let conn = http.serve_connection(io, svc);
-            tokio::pin!(conn);
+            let conn_io = http.serve_connection(io, svc);
+            tokio::pin!(conn_io);
             let result = tokio::select! {
-                r = conn.as_mut() => r,
+                r = conn_io.as_mut() => r,
+                _ = conn.evict.cancelled() => Ok(()),
                 _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+                    conn_io.as_mut().graceful_shutdown();
+                    conn_io.await
                 }
             };
+            lock(&table).remove(conn.id);
             if let Err(e) = result {
-                tracing::debug!(server = name, %remote, error = %e, "connection ended with an error");
+                let served = conn.requests.load(Ordering::Relaxed) > 0;
+                match classify(&e, served) {
+                    Some(kind) => refusals.refuse(name, kind, Some(remote), &e),
+                    // A client that went away before asking anything: nothing to say, and a
+                    // flood of them must not reach the log at any level.
+                    None if !served => {}
+                    None => {
+                        tracing::debug!(server = name, %remote, error = %e, "connection ended with an error");
+                    }
+                }
             }
         });
     }
     drop(listener);
     while conns.join_next().await.is_some() {}
+}
+
+/// Which refusal a connection error is: a client that never completed a request and timed out
+/// (half-open) or sent garbage. Errors after a served request are ordinary disconnects.
+fn classify(e: &hyper::Error, served: bool) -> Option<Refusal> {
+    if e.is_parse() || e.is_parse_too_large() {
+        Some(Refusal::Malformed)
+    } else if served {
+        None
+    } else if e.is_timeout() || is_idle_timeout(e) {
+        Some(Refusal::HeaderTimeout)
+    } else {
+        None
+    }
+}
+
+fn is_idle_timeout(e: &hyper::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<io::Error>())
+        .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+}
+
+fn lock(table: &Mutex<ConnTable>) -> std::sync::MutexGuard<'_, ConnTable> {
+    table.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One open connection, as the table sees it.
+#[derive(Debug)]
+struct Conn {
+    id: u64,
+    remote: SocketAddr,
+    /// Requests whose response is not finished yet; 0 = idle (never asked, or between
+    /// keep-alive requests) and therefore evictable.
+    busy: AtomicUsize,
+    /// Requests started on this connection.
+    requests: AtomicUsize,
+    evict: CancellationToken,
+}
+
+/// Marks its connection busy from the request's arrival until dropped with the response body.
+struct Busy(Arc<Conn>);
+
+impl Busy {
+    fn start(conn: Arc<Conn>) -> Self {
+        conn.busy.fetch_add(1, Ordering::AcqRel);
+        conn.requests.fetch_add(1, Ordering::Relaxed);
+        Busy(conn)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The open connections in accept order, so the oldest idle one is found first.
+///
+/// Why evict rather than only refuse: with a plain limit, a stranger holding `max_connections`
+/// half-open connections (or idle keep-alives) locks everyone out, including containerd, peers
+/// and the kubelet's probes. A connection doing nothing yields its place to a new one instead;
+/// the newcomer sends its request within milliseconds and is then busy, hence safe. Half-open
+/// connections go first, then idle keep-alives, oldest first. Only when every connection has a
+/// request in progress is the new one refused.
+#[derive(Debug, Default)]
+struct ConnTable {
+    next: u64,
+    open: BTreeMap<u64, Arc<Conn>>,
+}
+
+enum Admit {
+    Room(Arc<Conn>),
+    /// Admitted after closing the oldest idle connection (from that address).
+    Evicted(Arc<Conn>, SocketAddr),
+    Full,
+}
+
+impl ConnTable {
+    fn admit(&mut self, max: usize, remote: SocketAddr) -> Admit {
+        let mut evicted = None;
+        if self.open.len() >= max {
+            // Oldest first; a connection that never asked anything (half-open) before an idle
+            // keep-alive of a client that did (containerd, a peer).
+            let mut idle = None;
+            for (id, c) in &self.open {
+                if c.busy.load(Ordering::Acquire) != 0 {
+                    continue;
+                }
+                if c.requests.load(Ordering::Relaxed) == 0 {
+                    idle = Some(*id);
+                    break;
+                }
+                idle = idle.or(Some(*id));
+            }
+            let Some(c) = idle.and_then(|id| self.open.remove(&id)) else {
+                return Admit::Full;
+            };
+            c.evict.cancel();
+            evicted = Some(c.remote);
+        }
+        self.next += 1;
+        let conn = Arc::new(Conn {
+            id: self.next,
+            remote,
+            busy: AtomicUsize::new(0),
+            requests: AtomicUsize::new(0),
+            evict: CancellationToken::new(),
+        });
+        self.open.insert(conn.id, conn.clone());
+        match evicted {
+            Some(from) => Admit::Evicted(conn, from),
+            None => Admit::Room(conn),
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.open.remove(&id);
+    }
 }
 
 /// Closes a connection on which nothing was read or written for `idle` while the server was
@@ -245,8 +419,19 @@ mod tests {
             format!("from {}", r.ip())
         });
         let token = CancellationToken::new();
-        tokio::spawn(serve("test", listener, router, limits, token.clone()));
+        tokio::spawn(serve(
+            "test",
+            listener,
+            router,
+            limits,
+            refusals(),
+            token.clone(),
+        ));
         (addr, token)
+    }
+
+    fn refusals() -> Refusals {
+        crate::Metrics::new().refusals().clone()
     }
 
     async fn exchange(addr: SocketAddr, req: &[u8]) -> String {
@@ -317,18 +502,98 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_over_the_limit_are_closed_at_once() {
+    async fn a_new_connection_takes_the_place_of_an_idle_one() {
+        let limits = ServerLimits {
+            max_connections: 2,
+            ..ServerLimits::default()
+        };
+        let (addr, _t) = start(limits).await;
+        // One silent connection, one idle keep-alive connection after a request.
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        assert!(idle.read(&mut buf).await.unwrap() > 0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A newcomer takes the silent connection's place; it stays open, idle.
+        let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+        second
+            .write_all(b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let n = second.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        // The next one takes the place of the oldest idle keep-alive.
+        let out = exchange(
+            addr,
+            b"GET /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        for s in [&mut silent, &mut idle] {
+            let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
+            assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "not closed: {n:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn when_every_connection_is_busy_a_new_one_is_closed_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let slow = Router::new().fallback(|| async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            "slow"
+        });
         let limits = ServerLimits {
             max_connections: 1,
             ..ServerLimits::default()
         };
-        let (addr, _t) = start(limits).await;
-        let _held = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let r = refusals();
+        let t = CancellationToken::new();
+        tokio::spawn(serve("test", listener, slow, limits, r.clone(), t.clone()));
+        let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
+        busy.write_all(b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let started = std::time::Instant::now();
         let out = exchange(addr, b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n").await;
         assert!(out.is_empty(), "{out}");
         assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(r.count("test", Refusal::ConnectionLimit), 1);
+        t.cancel();
+    }
+
+    #[tokio::test]
+    async fn half_open_connections_are_counted_as_header_timeouts() {
+        let limits = ServerLimits {
+            header_read_timeout: Duration::from_millis(200),
+            ..ServerLimits::default()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let r = refusals();
+        let t = CancellationToken::new();
+        let router = Router::new().fallback(|| async { "ok" });
+        tokio::spawn(serve(
+            "test",
+            listener,
+            router,
+            limits,
+            r.clone(),
+            t.clone(),
+        ));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /x HTTP/1.1\r\nhost").await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+        let _ = exchange(addr, b"NOT HTTP AT ALL\r\n\r\n").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(r.count("test", Refusal::HeaderTimeout), 1);
+        assert_eq!(r.count("test", Refusal::Malformed), 1);
+        t.cancel();
     }
 
     #[tokio::test]
@@ -341,6 +606,7 @@ mod tests {
             listener,
             Router::new().fallback(|| async { "ok" }),
             ServerLimits::default(),
+            refusals(),
             token.clone(),
         ));
         // An idle keep-alive connection must not hold the drain up.

@@ -37,8 +37,6 @@ pub(crate) struct Shared {
     pub requests: Arc<tokio::sync::Semaphore>,
     /// One permit per client request being served from peers.
     pub peer_fetches: Arc<tokio::sync::Semaphore>,
-    /// Unix second of the last `warn` about a refused request (log rate limit).
-    pub last_unauthorized_warn: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -47,6 +45,7 @@ impl Shared {
             at: SystemTime::now(),
             key: key.to_owned(),
             peer: peer.map(str::to_owned),
+            request: crate::trace::RequestTrace::current_id(key),
             kind,
         });
     }
@@ -179,7 +178,6 @@ impl MirrorStateBuilder {
         Ok(MirrorState(Arc::new(Shared {
             requests,
             peer_fetches,
-            last_unauthorized_warn: std::sync::atomic::AtomicU64::new(0),
             bad: BadPeers::new(self.cfg.bad_peer_ttl),
             local: Arc::new(TimedStore {
                 inner: self.local,

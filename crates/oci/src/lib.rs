@@ -24,7 +24,7 @@ pub use manifest::{
 };
 pub use media::{ACCEPT_MANIFESTS, MediaKind, classify};
 pub use name::{MAX_REPOSITORY_LEN, MAX_TAG_LEN, NameError, Repository, Tag, TagError};
-pub use path::{ApiPath, ManifestRef, ManifestRefError, PathError};
+pub use path::{ApiPath, ManifestRef, ManifestRefError, PathError, split_registry};
 pub use range::{ByteRange, Range, RangeError};
 pub use reference::{DEFAULT_REGISTRY, MAX_NAME_LEN, Reference, ReferenceError};
 pub use registry::{Allowlist, DEFAULT_REGISTRIES, Registries, RegistryError, normalize_registry};

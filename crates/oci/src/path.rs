@@ -8,7 +8,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::{Digest, DigestError, ErrorCode, NameError, Repository, Tag, TagError};
+use crate::registry::validate_host;
+use crate::{
+    Digest, DigestError, ErrorCode, NameError, Repository, Tag, TagError, normalize_registry,
+};
 
 /// What a manifest is asked for by: a tag or a digest.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -142,6 +145,25 @@ impl ApiPath {
             }
         }
     }
+}
+
+/// Splits an explicit registry prefix off a request path: `/v2/<registry>/<rest>` becomes
+/// (`<registry>` normalised, `/v2/<rest>`), for clients that cannot send containerd's `?ns=`
+/// (skopeo, crane, oras pointed at the mirror as if it were a registry).
+///
+/// The first component counts as a registry only if it is a valid `host[:port]` that cannot be
+/// a repository component: it contains a `.` or a `:`, or is `localhost` (the rule Docker uses
+/// to tell `registry/repo` from `org/repo`). Returns `None` otherwise, or when nothing follows
+/// the registry. The caller still checks the registry against the allowlist and parses the
+/// rest with [`ApiPath::parse`]; nothing is decoded here.
+pub fn split_registry(path: &str) -> Option<(String, String)> {
+    let rest = path.strip_prefix("/v2/")?;
+    let (first, rest) = rest.split_once('/')?;
+    if rest.is_empty() || !(first.contains(['.', ':']) || first == "localhost") {
+        return None;
+    }
+    validate_host(first).ok()?;
+    Some((normalize_registry(first), format!("/v2/{rest}")))
 }
 
 impl FromStr for ApiPath {
@@ -286,6 +308,49 @@ mod tests {
         ));
         let e = ApiPath::parse("/v2/a/blobs/sha256:..%2f").unwrap_err();
         assert!(matches!(e, PathError::InvalidDigest(_)));
+    }
+
+    #[test]
+    fn registry_prefix_is_split_only_when_it_is_a_host() {
+        let split = |p: &str| split_registry(p);
+        assert_eq!(
+            split("/v2/docker.io/library/nginx/manifests/1.27"),
+            Some((
+                "docker.io".into(),
+                "/v2/library/nginx/manifests/1.27".into()
+            ))
+        );
+        assert_eq!(
+            split(&format!("/v2/Index.Docker.io/a/blobs/{D}")),
+            Some(("docker.io".into(), format!("/v2/a/blobs/{D}")))
+        );
+        assert_eq!(
+            split("/v2/10.1.2.3:5000/team/app/manifests/v1"),
+            Some(("10.1.2.3:5000".into(), "/v2/team/app/manifests/v1".into()))
+        );
+        assert_eq!(
+            split("/v2/localhost/a/manifests/v1").map(|s| s.0),
+            Some("localhost".into())
+        );
+        for p in [
+            "/v2/library/nginx/manifests/1.27", // an organisation, not a host
+            "/v2/docker.io/",                   // nothing after the registry
+            "/v2/docker.io",
+            "/v2/",
+            "/v1/docker.io/a/manifests/v1",
+            "/v2/bad..host/a/manifests/v1",
+            "/v2/host:99999/a/manifests/v1",
+            "/v2/%2e.io/a/manifests/v1",
+            "/v2/a.io%2f/a/manifests/v1",
+        ] {
+            assert_eq!(split(p), None, "{p}");
+        }
+        // The rest is parsed like any path: a bad repository after a good registry is refused.
+        let (_, rest) = split("/v2/docker.io/../manifests/v1").unwrap();
+        assert!(matches!(
+            ApiPath::parse(&rest),
+            Err(PathError::InvalidName(_))
+        ));
     }
 
     #[test]

@@ -146,6 +146,23 @@ proptest! {
         prop_assert_eq!(ApiPath::parse(&p.to_string()), Ok(p));
     }
 
+    /// A registry put in front of any content path is split off again, normalised, and the rest
+    /// parses to the same route; a path without a registry prefix is never split.
+    #[test]
+    fn registry_prefix_splits_back(reg in registry(), p in api_path()) {
+        prop_assume!(p != ApiPath::Base);
+        let plain = p.to_string();
+        let prefixed = format!("/v2/{reg}/{}", &plain["/v2/".len()..]);
+        let (got, rest) = shoal_oci::split_registry(&prefixed).expect("split");
+        prop_assert_eq!(got, shoal_oci::normalize_registry(&reg));
+        prop_assert_eq!(ApiPath::parse(&rest), Ok(p.clone()));
+        if let Some((first, _)) = plain["/v2/".len()..].split_once('/') {
+            if !first.contains('.') {
+                prop_assert_eq!(shoal_oci::split_registry(&plain), None);
+            }
+        }
+    }
+
     #[test]
     fn range_round_trips_and_resolves_inside_the_blob(r in range(), size in size()) {
         prop_assert_eq!(r.to_string().parse::<Range>(), Ok(r));

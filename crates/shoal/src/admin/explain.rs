@@ -1,61 +1,81 @@
 //! Turning the mirror's fetch event log into "what happened to each request" for `shoal explain`.
 //!
 //! The mirror logs events, not requests: a local hit, a miss, a peer opened or failed at an
-//! offset, a digest mismatch, a verified blob, a HEAD answered, a give-up. Events of one key are
-//! grouped into requests here: a request ends at a local hit, a miss, a verified blob, a HEAD
-//! answered from a peer's headers or a give-up; every failure before its end is a failover of
-//! that request.
+//! offset, a digest mismatch, a verified blob, a HEAD answered, a give-up, and the request's end.
+//! Every event carries the unique id of the request it belongs to, so events are grouped by
+//! that id alone: two requests for the same blob (one cut, a later one served by another peer)
+//! are two records, never one. Every request ends with one `Ended` event (completed, failed
+//! with its reason, or cut when the client went away); a record without it is still running,
+//! or its end fell out of the bounded log.
 
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use shoal_mirror::{FetchEvent, FetchEventKind};
+use shoal_mirror::{FetchEvent, FetchEventKind, RequestEnd};
 
 use super::proto::{ByteSpan, Failover, PeerBytes, Request};
 use super::{epoch_ms, ms};
 
-/// Groups the events of one key (oldest first) into requests (oldest first). `size` fills in
-/// the byte count of local hits (the event does not carry it); `addrs` maps peer ids to their
-/// mirror address.
+/// Groups the events of one key (oldest first) into requests, in the order each started.
+/// `size` fills in the byte count of local hits (the event does not carry it); `addrs` maps
+/// peer ids to their mirror address. An event outside any request (id 0) is a record alone.
 pub fn requests(events: &[FetchEvent], size: u64, addrs: &HashMap<String, String>) -> Vec<Request> {
-    let mut out = Vec::new();
-    let mut open: Option<(SystemTime, Request)> = None;
-    let addr = |p: &str| addrs.get(p).cloned().unwrap_or_default();
+    let mut groups: Vec<Vec<&FetchEvent>> = Vec::new();
+    let mut index: HashMap<u64, usize> = HashMap::new();
     for ev in events {
+        if ev.request == 0 {
+            groups.push(vec![ev]);
+            continue;
+        }
+        let i = *index.entry(ev.request).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[i].push(ev);
+    }
+    groups
+        .iter()
+        .map(|evs| one_request(evs, size, addrs))
+        .collect()
+}
+
+/// One request's record from its events (at least one, oldest first).
+fn one_request(events: &[&FetchEvent], size: u64, addrs: &HashMap<String, String>) -> Request {
+    let started = events[0].at;
+    let addr = |p: &str| addrs.get(p).cloned().unwrap_or_default();
+    let mut req = Request {
+        id: events[0].request,
+        started_at_ms: epoch_ms(started),
+        ..Request::default()
+    };
+    let mut last = started;
+    let mut end: Option<&RequestEnd> = None;
+    for ev in events {
+        last = ev.at;
         let peer = ev.peer.clone().unwrap_or_default();
         match &ev.kind {
             FetchEventKind::Local => {
-                flush(&mut out, open.take());
-                out.push(Request {
-                    started_at_ms: epoch_ms(ev.at),
-                    source: "local".into(),
-                    bytes: size,
-                    summary: "served from this node's containerd".into(),
-                    ..Request::default()
-                });
+                req.source = "local".into();
+                req.bytes = size;
+                req.summary = "served from this node's containerd".into();
             }
             FetchEventKind::Miss => {
-                // A miss is the first step's answer: whatever was open before was another request.
-                flush(&mut out, open.take());
-                out.push(Request {
-                    started_at_ms: epoch_ms(ev.at),
-                    source: "miss".into(),
-                    failovers: vec![Failover {
-                        reason_kind: "no-provider".into(),
-                        reason: "no peer announced it within the resolve timeout".into(),
-                        ..Failover::default()
-                    }],
-                    summary: "no peer had it: answered 404, containerd fetched it upstream".into(),
-                    ..Request::default()
+                req.source = "miss".into();
+                req.failovers.push(Failover {
+                    reason_kind: "no-provider".into(),
+                    reason: "no peer announced it within the resolve timeout".into(),
+                    ..Failover::default()
                 });
+                req.summary = "no peer had it: answered 404, containerd fetched it upstream".into();
             }
             FetchEventKind::PeerOpened { .. } => {
-                let (_, req) = open.get_or_insert_with(|| start(ev.at));
+                if req.source.is_empty() {
+                    req.source = "peer".into();
+                }
                 req.peer_id = peer.clone();
                 req.peer_addr = addr(&peer);
             }
             FetchEventKind::PeerFailed { offset, reason } => {
-                let (_, req) = open.get_or_insert_with(|| start(ev.at));
                 req.failovers.push(Failover {
                     peer_id: peer.clone(),
                     reason_kind: reason_kind(reason).into(),
@@ -64,7 +84,6 @@ pub fn requests(events: &[FetchEvent], size: u64, addrs: &HashMap<String, String
                 });
             }
             FetchEventKind::DigestMismatch { peers } => {
-                let (_, req) = open.get_or_insert_with(|| start(ev.at));
                 let reason = if peers.len() > 1 {
                     "the bytes from several peers did not hash to the digest; fetched again one \
                      peer at a time"
@@ -81,7 +100,6 @@ pub fn requests(events: &[FetchEvent], size: u64, addrs: &HashMap<String, String
                 req.served_by.clear();
             }
             FetchEventKind::Served { bytes, spans } => {
-                let (_, req) = open.get_or_insert_with(|| start(ev.at));
                 req.served_by.push(PeerBytes {
                     peer_id: peer.clone(),
                     peer_addr: addr(&peer),
@@ -93,17 +111,14 @@ pub fn requests(events: &[FetchEvent], size: u64, addrs: &HashMap<String, String
                 });
             }
             FetchEventKind::HeadAnswered { size } => {
-                let (started, mut req) = open.take().unwrap_or_else(|| start(ev.at));
                 req.source = "head".into();
                 req.peer_id = peer.clone();
                 req.peer_addr = addr(&peer);
                 req.duration_ms = ms(ev.at.duration_since(started).unwrap_or_default());
                 req.summary =
                     format!("HEAD answered by peer {peer} ({size} bytes); no bytes fetched");
-                out.push(req);
             }
             FetchEventKind::Verified { bytes } => {
-                let (started, mut req) = open.take().unwrap_or_else(|| start(ev.at));
                 req.source = "peer".into();
                 req.peer_id = peer.clone();
                 req.peer_addr = addr(&peer);
@@ -118,39 +133,69 @@ pub fn requests(events: &[FetchEvent], size: u64, addrs: &HashMap<String, String
                     1 => format!("{by} after 1 failover"),
                     n => format!("{by} after {n} failovers"),
                 };
-                out.push(req);
             }
             FetchEventKind::GaveUp { reason } => {
-                let (started, mut req) = open.take().unwrap_or_else(|| start(ev.at));
                 req.source = "failed".into();
                 req.duration_ms = ms(ev.at.duration_since(started).unwrap_or_default());
                 req.summary = format!(
                     "every peer failed ({reason}); containerd fell back upstream or retried"
                 );
-                out.push(req);
             }
+            FetchEventKind::Ended(e) => end = Some(e),
         }
     }
-    flush(&mut out, open);
-    out
+    if req.source.is_empty() {
+        req.source = "none".into();
+    }
+    finish(&mut req, end, last, started);
+    req
 }
 
-fn start(at: SystemTime) -> (SystemTime, Request) {
-    (
-        at,
-        Request {
-            started_at_ms: epoch_ms(at),
-            ..Request::default()
-        },
-    )
-}
-
-/// A request whose end was not logged (still streaming, or its end fell out of the log).
-fn flush(out: &mut Vec<Request>, open: Option<(SystemTime, Request)>) {
-    if let Some((_, mut req)) = open {
-        req.source = "in-progress".into();
-        req.summary = "no end recorded yet (still transferring, or the client went away)".into();
-        out.push(req);
+/// Sets the end state, and for a request that did not run to completion says so in the summary.
+fn finish(req: &mut Request, end: Option<&RequestEnd>, last: SystemTime, started: SystemTime) {
+    let total = ms(last.duration_since(started).unwrap_or_default());
+    let with = |summary: &str, what: String| {
+        if summary.is_empty() {
+            what
+        } else {
+            format!("{summary}; {what}")
+        }
+    };
+    match end {
+        Some(RequestEnd::Completed { .. }) => {
+            req.end = "completed".into();
+        }
+        Some(RequestEnd::Failed { status, reason }) => {
+            req.end = "failed".into();
+            req.end_reason = format!("{status}: {reason}");
+            if req.summary.is_empty() {
+                req.summary = format!("answered {status}: {reason}");
+            }
+        }
+        Some(RequestEnd::Cut { sent }) => {
+            req.end = "cut".into();
+            req.end_reason = format!("the client went away after {sent} bytes of the answer");
+            let what = match req.source.as_str() {
+                "peer" if req.bytes == 0 => format!(
+                    "cut while fetching from peer {}: the client went away before the blob \
+                     verified",
+                    req.peer_id
+                ),
+                _ => format!("cut: the client went away after {sent} bytes"),
+            };
+            req.summary = with(&req.summary, what);
+            req.duration_ms = total;
+        }
+        None => {
+            req.end = "in-progress".into();
+            req.summary = with(
+                &req.summary,
+                "no end recorded yet (still running, or its end fell out of the log)".into(),
+            );
+        }
+    }
+    if req.duration_ms == 0 {
+        req.duration_ms = total;
     }
 }
 
@@ -192,11 +237,17 @@ mod tests {
 
     use super::*;
 
-    fn ev(secs: u64, peer: Option<&str>, kind: FetchEventKind) -> FetchEvent {
+    /// An event of request 1.
+    fn ev(ms: u64, peer: Option<&str>, kind: FetchEventKind) -> FetchEvent {
+        evr(1, ms, peer, kind)
+    }
+
+    fn evr(request: u64, secs: u64, peer: Option<&str>, kind: FetchEventKind) -> FetchEvent {
         FetchEvent {
             at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000) + Duration::from_millis(secs),
             key: "sha256:x".into(),
             peer: peer.map(str::to_owned),
+            request,
             kind,
         }
     }
@@ -235,10 +286,20 @@ mod tests {
     #[test]
     fn head_then_get_are_two_requests_each_timed_from_its_own_start() {
         let events = vec![
-            ev(0, Some("A"), FetchEventKind::PeerOpened { offset: 0 }),
-            ev(5, Some("A"), FetchEventKind::HeadAnswered { size: 9000 }),
-            ev(2_000, Some("B"), FetchEventKind::PeerOpened { offset: 0 }),
-            ev(2_300, Some("B"), FetchEventKind::Verified { bytes: 9000 }),
+            evr(1, 0, Some("A"), FetchEventKind::PeerOpened { offset: 0 }),
+            evr(1, 5, Some("A"), FetchEventKind::HeadAnswered { size: 9000 }),
+            evr(
+                2,
+                2_000,
+                Some("B"),
+                FetchEventKind::PeerOpened { offset: 0 },
+            ),
+            evr(
+                2,
+                2_300,
+                Some("B"),
+                FetchEventKind::Verified { bytes: 9000 },
+            ),
         ];
         let reqs = requests(&events, 9000, &HashMap::new());
         let got: Vec<(&str, &str, u64, u64)> = reqs
@@ -307,33 +368,97 @@ mod tests {
     #[test]
     fn local_miss_mismatch_giveup_and_unfinished() {
         let events = vec![
-            ev(0, None, FetchEventKind::Local),
-            ev(10, None, FetchEventKind::Miss),
-            ev(20, Some("C"), FetchEventKind::PeerOpened { offset: 0 }),
-            ev(
+            evr(1, 0, None, FetchEventKind::Local),
+            evr(2, 10, None, FetchEventKind::Miss),
+            evr(3, 20, Some("C"), FetchEventKind::PeerOpened { offset: 0 }),
+            evr(
+                3,
                 30,
                 Some("C"),
                 FetchEventKind::DigestMismatch {
                     peers: vec!["C".into()],
                 },
             ),
-            ev(
+            evr(
+                3,
                 40,
                 None,
                 FetchEventKind::GaveUp {
                     reason: "no more providers".into(),
                 },
             ),
-            ev(50, Some("D"), FetchEventKind::PeerOpened { offset: 0 }),
+            evr(4, 50, Some("D"), FetchEventKind::PeerOpened { offset: 0 }),
         ];
         let reqs = requests(&events, 123, &HashMap::new());
         let sources: Vec<&str> = reqs.iter().map(|r| r.source.as_str()).collect();
-        assert_eq!(sources, ["local", "miss", "failed", "in-progress"]);
+        assert_eq!(sources, ["local", "miss", "failed", "peer"]);
+        assert_eq!(reqs[3].end, "in-progress");
         assert_eq!(reqs[0].bytes, 123);
         assert_eq!(reqs[1].failovers[0].reason_kind, "no-provider");
         assert_eq!(reqs[2].failovers[0].reason_kind, "digest-mismatch");
         assert_eq!(reqs[2].duration_ms, 20);
         assert_eq!(reqs[3].peer_id, "D");
+    }
+
+    #[test]
+    fn a_cut_request_and_a_later_one_are_never_merged() {
+        use shoal_mirror::RequestEnd;
+        // Request 7 opens peer A and is cut; request 9 starts while 7's events are still
+        // arriving, and is served by B. Interleaved events stay with their own request.
+        let events = vec![
+            evr(7, 0, Some("A"), FetchEventKind::PeerOpened { offset: 0 }),
+            evr(9, 100, Some("B"), FetchEventKind::PeerOpened { offset: 0 }),
+            evr(
+                7,
+                150,
+                None,
+                FetchEventKind::Ended(RequestEnd::Cut { sent: 0 }),
+            ),
+            evr(9, 300, Some("B"), FetchEventKind::Verified { bytes: 10 }),
+            evr(
+                9,
+                310,
+                None,
+                FetchEventKind::Ended(RequestEnd::Completed { sent: 10 }),
+            ),
+            evr(
+                11,
+                400,
+                None,
+                FetchEventKind::Ended(RequestEnd::Failed {
+                    status: 404,
+                    reason: "blob unknown".into(),
+                }),
+            ),
+        ];
+        let reqs = requests(&events, 10, &HashMap::new());
+        let got: Vec<(u64, &str, &str, &str, u64)> = reqs
+            .iter()
+            .map(|r| {
+                (
+                    r.id,
+                    r.source.as_str(),
+                    r.peer_id.as_str(),
+                    r.end.as_str(),
+                    r.bytes,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (7, "peer", "A", "cut", 0),
+                (9, "peer", "B", "completed", 10),
+                (11, "none", "", "failed", 0),
+            ]
+        );
+        assert_eq!(reqs[0].duration_ms, 150);
+        assert!(
+            reqs[0].summary.contains("cut while fetching from peer A"),
+            "{}",
+            reqs[0].summary
+        );
+        assert_eq!(reqs[2].end_reason, "404: blob unknown");
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //! Tests build exactly this (with port 0 listeners) so what is tested is what runs.
 
 mod adapters;
+mod ready;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -113,18 +115,28 @@ impl App {
         .context("invalid mirror configuration")?;
 
         let mut tasks = JoinSet::new();
-        tasks.spawn(shoal_mirror::serve(
+        let mirror_up = Arc::new(AtomicBool::new(true));
+        let mirror = shoal_mirror::serve(
             "mirror",
             mirror_listener,
             shoal_mirror::router(state),
             cfg.server.clone(),
+            metrics.refusals().clone(),
             shutdown.clone(),
-        ));
+        );
+        let up = mirror_up.clone();
+        tasks.spawn(async move {
+            mirror.await;
+            up.store(false, Ordering::Relaxed);
+        });
+        // Same bounds as the mirror: the kubelet's probes get through a flood of idle
+        // connections because a newcomer takes an idle connection's place (`server.rs`).
         tasks.spawn(shoal_mirror::serve(
             "metrics",
             metrics_listener,
             shoal_mirror::metrics_router(metrics.clone(), readiness.clone()),
             cfg.server.clone(),
+            metrics.refusals().clone(),
             shutdown.clone(),
         ));
         tasks.spawn(follow_containerd(
@@ -152,11 +164,15 @@ impl App {
             };
             tasks.spawn(crate::admin::serve(listener, path, admin, shutdown.clone()));
         }
-        tasks.spawn(report_status(
-            store.clone(),
-            p2p.clone(),
-            metrics.clone(),
-            readiness.clone(),
+        tasks.spawn(ready::report_status(
+            ready::Checks {
+                store: store.clone(),
+                p2p: p2p.clone(),
+                metrics: metrics.clone(),
+                readiness: readiness.clone(),
+                spool_dir: cfg.mirror.spool_dir.clone(),
+                mirror_up,
+            },
             shutdown.clone(),
         ));
 
@@ -270,29 +286,4 @@ async fn follow_containerd(
         }
     }
     let _ = watcher.await;
-}
-
-/// Publishes peer counts and readiness: ready once containerd is connected and the DHT is
-/// ready (a peer in the routing table, or bootstrap found nobody but this node).
-async fn report_status(
-    store: ContainerdStore,
-    p2p: shoal_p2p::Handle,
-    metrics: Metrics,
-    readiness: Readiness,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match p2p.status().await {
-            Ok(status) => {
-                metrics.set_peers(i64::try_from(status.peers.len()).unwrap_or(i64::MAX));
-                readiness.set_ready(status.ready && store.source().is_some());
-            }
-            Err(_) => readiness.set_ready(false),
-        }
-    }
 }

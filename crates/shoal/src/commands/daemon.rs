@@ -125,7 +125,8 @@ pub struct LimitArgs {
     #[arg(long, env = "SHOAL_MAX_CONCURRENT_PEER_FETCHES", default_value_t = shoal_mirror::DEFAULT_MAX_CONCURRENT_PEER_FETCHES)]
     pub max_concurrent_peer_fetches: usize,
 
-    /// Most open connections per server; one more is closed at once.
+    /// Most open connections per server (mirror, metrics). When full, a new connection replaces
+    /// the oldest one with no request in progress; if all are busy it is closed at once.
     #[arg(long, env = "SHOAL_MAX_CONNECTIONS", default_value_t = shoal_mirror::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
 

@@ -46,6 +46,7 @@ pub fn text(r: &ExplainResponse) -> String {
         "BLOB",
         "WHEN",
         "SOURCE",
+        "END",
         "FROM",
         "BYTES",
         "TIME",
@@ -61,6 +62,7 @@ pub fn text(r: &ExplainResponse) -> String {
             t.row(vec![
                 b.role.clone(),
                 blob,
+                "-".into(),
                 "-".into(),
                 "-".into(),
                 "no request seen by this node's mirror".into(),
@@ -101,6 +103,11 @@ pub fn text(r: &ExplainResponse) -> String {
                 blob.clone(),
                 render::timestamp(q.started_at_ms),
                 q.source.clone(),
+                if q.end.is_empty() {
+                    "-".into()
+                } else {
+                    q.end.clone()
+                },
                 from,
                 if q.bytes == 0 {
                     "-".into()
@@ -185,8 +192,11 @@ mod tests {
                     role: "layer".into(),
                     size: 1_051_286,
                     requests: vec![Request {
+                        id: 1,
                         started_at_ms: 0,
                         source: "peer".into(),
+                        end: "completed".into(),
+                        end_reason: String::new(),
                         peer_id: "P1".into(),
                         peer_addr: "10.0.0.2:5000".into(),
                         bytes: 1_051_286,
@@ -264,7 +274,7 @@ mod tests {
         let t = text(&sample());
         assert!(
             t.contains(
-                "layer   sha256:cccccccccccc…  1970-01-01T00:00:00Z  peer    P1 (10.0.0.2:5000)"
+                "layer   sha256:cccccccccccc…  1970-01-01T00:00:00Z  peer    completed  P1 (10.0.0.2:5000)"
             ),
             "{t}"
         );
