@@ -24,15 +24,24 @@ pub const DEFAULT_P2P_PORT: u16 = 5001;
 /// Sizing case: 1,000 nodes each providing 5,000 keys, so 5 M (key, provider) pairs, each stored
 /// on the k = 20 nodes closest to the key.
 ///
-/// - `reprovide_interval` = 10 min, `record_ttl` = 30 min. A publication is one closest-peers
-///   walk (~30 small RPCs at 1,000 nodes) plus 20 `ADD_PROVIDER` messages, ~50 messages. 5,000
-///   keys every 10 min is 8.3 publications/s, ~420 small messages/s sent and about as many
-///   received per node: negligible on a cluster network and well under 1% of a core. The TTL is 3x
-///   the interval so a record survives two lost publications (a restart, a busy node); it
-///   bounds how long a withdrawn (garbage-collected) key is still answered by other nodes. A
-///   departed node is not affected by the TTL: providers are only returned once this node holds
-///   a live connection to them (see the crate docs), so a dead node stops being returned as soon
-///   as its connection drops or a dial to it fails.
+/// Measured (`benches/benches/p2p.rs`, docs/benchmarks.md "DHT at cluster scale", 20 in-process
+/// nodes, debug build on a loaded 2-core machine): one publication (closest-peers walk +
+/// `ADD_PROVIDER`s) costs 23.5 Kademlia requests and 33 KiB on the wire (TCP bytes: noise, yamux,
+/// stream negotiation included); an idle node exchanges 1.7 KiB/s (pings, identify, routing
+/// upkeep); RSS 11.3 MiB per node with 100 keys each. Larger clusters were limited by the
+/// harness, see there.
+///
+/// - `reprovide_interval` = 10 min, `record_ttl` = 30 min. From the figure above, 5,000 keys
+///   every 10 min is 8.3 publications/s, about 550 KiB/s sent + received per node: well over the
+///   50 KB/s budget of the sizing case. Meeting it takes `--p2p-reprovide-interval` >= 2 h (with
+///   a TTL of 3x that) at that key count, or publications that share one walk per region of the
+///   key space (not done). The TTL is 3x the interval so a record survives two lost
+///   publications (a restart, a busy node); it bounds how long a withdrawn (garbage-collected)
+///   key is still answered by other nodes. A departed node is not affected by the TTL: providers
+///   are only returned once this node holds a live connection to them (see the crate docs), so
+///   a dead node stops being returned as soon as its connection drops or a dial to it fails.
+///   Publications get 60 s to finish (lookups keep `query_timeout`): kad sends `ADD_PROVIDER`
+///   only once its walk is complete, and a publication that timed out is queued again.
 /// - `publish_concurrency` = 32 publications in flight: 5,000 keys take ~5,000 / 32 x ~30 ms
 ///   ≈ 5 s per round, far inside the interval, while leaving the swarm free for lookups. New keys
 ///   are published before re-publications.

@@ -58,9 +58,21 @@ impl Node {
             id, result, step, ..
         } = ev
         else {
-            if let kad::Event::RoutingUpdated { peer, .. } = ev {
-                tracing::trace!(peer = %peer, "routing table updated");
-                self.publish_after_first_peer();
+            match ev {
+                kad::Event::RoutingUpdated { peer, .. } => {
+                    tracing::trace!(peer = %peer, "routing table updated");
+                    self.publish_after_first_peer();
+                }
+                kad::Event::InboundRequest { request } => {
+                    self.traffic.kad_request();
+                    if let kad::InboundRequest::AddProvider {
+                        record: Some(record),
+                    } = request
+                    {
+                        self.on_add_provider(record);
+                    }
+                }
+                _ => {}
             }
             return;
         };

@@ -17,7 +17,7 @@ use libp2p::{Multiaddr, PeerId};
 use shoal_oci::Key;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Error, record_key};
+use crate::{Error, Traffic, record_key};
 
 /// A node that provides a key, and where its mirror listens.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -53,6 +53,8 @@ pub struct Status {
     pub provided_keys: usize,
     /// Publications waiting for a free slot (new keys and re-publications).
     pub pending_publications: usize,
+    /// What this node exchanged with other nodes since it started.
+    pub traffic: Traffic,
 }
 
 pub(crate) enum Command {

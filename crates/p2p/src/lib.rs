@@ -31,7 +31,9 @@ mod liveness;
 mod node;
 mod psk;
 mod publish;
+mod records;
 mod resolver;
+mod traffic;
 mod transport;
 
 pub use config::{Bootstrap, Config, DEFAULT_P2P_PORT};
@@ -45,4 +47,5 @@ pub use node::spawn;
 pub use psk::{format_psk, load_psk, parse_psk, psk_secret};
 pub use resolver::{Resolver, SystemResolver};
 pub use shoal_oci::Key;
+pub use traffic::Traffic;
 pub use transport::{KAD_PROTOCOL, agent_version, parse_mirror_port};

@@ -20,6 +20,7 @@ use crate::find::Find;
 use crate::handle::{COMMAND_BUFFER, Command, Handle, PeerInfo, Status};
 use crate::liveness::Liveness;
 use crate::publish::Publisher;
+use crate::traffic::Counters;
 use crate::transport::{self, Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use crate::{Bootstrap, Config, Error, identity};
 
@@ -58,6 +59,7 @@ pub(crate) struct Node {
     pub boot: BootState,
     pub listen_addrs: Vec<Multiaddr>,
     pub liveness: Liveness,
+    pub traffic: Arc<Counters>,
 }
 
 /// Starts a node: binds every listen address, then runs the swarm on its own task.
@@ -67,7 +69,9 @@ pub async fn spawn(config: Config) -> Result<(Handle, JoinHandle<()>), Error> {
     let keypair = identity::load_or_create(config.data_dir.as_deref())?;
     let local = keypair.public().to_peer_id();
     let mdns_on = config.bootstrap.contains(&Bootstrap::Mdns);
-    let transport = transport::build_transport(&keypair, config.psk, config.dial_timeout)?;
+    let traffic = Arc::new(Counters::default());
+    let transport =
+        transport::build_transport(&keypair, config.psk, config.dial_timeout, traffic.clone())?;
     let behaviour = transport::build_behaviour(&keypair, &config, mdns_on)?;
     let swarm_cfg = libp2p::swarm::Config::with_tokio_executor()
         .with_idle_connection_timeout(config.idle_connection_timeout);
@@ -139,6 +143,7 @@ pub async fn spawn(config: Config) -> Result<(Handle, JoinHandle<()>), Error> {
         boot: BootState::default(),
         listen_addrs,
         liveness: Liveness::default(),
+        traffic,
     };
     let task = tokio::spawn(node.run());
     Ok((handle, task))
@@ -372,6 +377,7 @@ impl Node {
             routing_table_size,
             provided_keys: self.publish.provided_len(),
             pending_publications: self.publish.pending_len(),
+            traffic: self.traffic.snapshot(),
         }
     }
 

@@ -132,11 +132,15 @@ impl Node {
     }
 
     pub(crate) fn on_published(&mut self, id: QueryId, ok: bool) {
-        if self.publish.inflight.remove(&id).is_none() {
+        let Some(key) = self.publish.inflight.remove(&id) else {
             return;
-        }
+        };
         if !ok {
-            tracing::debug!(query = ?id, "publication did not reach every closest peer");
+            // Kad's only failure is the deadline (`PUBLISH_TIMEOUT`), which also paces retries.
+            tracing::debug!(query = ?id, "publication timed out; queued again");
+            if self.publish.provided.contains(&key) && self.publish.queued.insert(key.clone()) {
+                self.publish.again.push_back(key);
+            }
         }
         if self.routing_table_size() == 0 {
             self.publish.published_alone = true;

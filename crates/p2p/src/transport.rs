@@ -2,6 +2,7 @@
 //! behaviours (Kademlia, identify, ping, optional mDNS) composed into one.
 
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::core::muxing::StreamMuxerBox;
@@ -15,6 +16,7 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{PeerId, StreamProtocol, identify, kad, mdns, noise, ping, tcp, yamux};
 
+use crate::traffic::{Counted, Counters};
 use crate::{Config, Error};
 
 /// Shoal's own Kademlia protocol: Shoal nodes never join (or get confused with) another DHT.
@@ -22,6 +24,14 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/kad/1.0.0")
 /// Reported in identify's protocol version.
 pub const IDENTIFY_PROTOCOL_VERSION: &str = "/shoal/1.0.0";
 const MIRROR_PORT_TAG: &str = "mirror-port/";
+/// Deadline of every kad query. Lookups are ended sooner by the node (`Config::query_timeout`,
+/// see `find`); this bounds publications. Kad sends `ADD_PROVIDER` only once the closest-peers
+/// walk has *finished*: a walk cut short by the deadline publishes nothing at all. With 5 s (the
+/// lookup bound, once used for both) a walk slowed by one unresponsive peer among the closest
+/// (kad waits 10 s for it) or by a busy node lost the publication until the next round.
+pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Providers stored per key (kad's k): a lookup needs one live one.
+pub(crate) const MAX_PROVIDERS_PER_KEY: usize = 20;
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -52,8 +62,15 @@ pub(crate) fn build_transport(
     keypair: &Keypair,
     psk: Option<PreSharedKey>,
     timeout: Duration,
+    counters: Arc<Counters>,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Error> {
-    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let tcp =
+        tcp::tokio::Transport::new(tcp::Config::default().nodelay(true)).map(move |inner, _| {
+            Counted {
+                inner,
+                counters: counters.clone(),
+            }
+        });
     match psk {
         // The pnet handshake runs on the raw socket before anything else: a peer without the
         // key cannot even negotiate a protocol.
@@ -99,19 +116,21 @@ pub(crate) fn build_behaviour(
         MemoryStoreConfig {
             max_records: 1024,
             max_value_bytes: 64 * 1024,
-            max_providers_per_key: kad::K_VALUE.get(),
+            max_providers_per_key: MAX_PROVIDERS_PER_KEY,
             max_provided_keys: cfg.max_stored_keys,
         },
     );
     let mut kcfg = kad::Config::new(KAD_PROTOCOL);
-    kcfg.set_query_timeout(cfg.query_timeout)
+    kcfg.set_query_timeout(PUBLISH_TIMEOUT.max(cfg.query_timeout))
         .set_parallelism(NonZeroUsize::new(cfg.parallelism).unwrap_or(kad::ALPHA_VALUE))
         .set_provider_record_ttl(Some(cfg.record_ttl))
         // Re-publication is driven by the node (paced, skips withdrawn keys), not by kad's job.
         .set_provider_publication_interval(None)
         // Shoal stores no value records; disable their background jobs.
         .set_replication_interval(None)
-        .set_publication_interval(None);
+        .set_publication_interval(None)
+        // Inbound ADD_PROVIDERs are stored by the node, with an address (see `records`).
+        .set_record_filtering(kad::StoreInserts::FilterBoth);
     let mut kad = kad::Behaviour::with_config(peer_id, store, kcfg);
     // Without autonat kad would stay a client on private addresses and answer nobody.
     kad.set_mode(Some(kad::Mode::Server));
