@@ -7,6 +7,8 @@
 //! * request headers must arrive within `header_read_timeout` and fit `max_header_bytes`;
 //! * a connection with no byte read or written for `idle_timeout` is closed (a stalled reader of
 //!   a blob, a silent keep-alive connection); a slow but moving transfer is never cut;
+//! * a client that stops reading leaves at most [`NOTSENT_LOWAT`] (plus one write) queued in
+//!   the kernel's send buffer, not the autotuned maximum (4 MiB);
 //! * at most `max_connections` are open; one more is closed at once (containerd moves to the
 //!   next host on a refused or reset connection, it does not wait);
 //! * every request carries [`ConnectInfo`] with the TCP peer address (the loopback rule of
@@ -51,6 +53,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 /// `--max-connections` default.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 2048;
+/// Most bytes a connection keeps queued in the kernel but not yet sent (`TCP_NOTSENT_LOWAT`):
+/// enough to keep a fast link busy between two writes, little for a client that stopped reading.
+pub const NOTSENT_LOWAT: u32 = 128 * 1024;
 
 impl Default for ServerLimits {
     fn default() -> Self {
@@ -103,6 +108,9 @@ pub async fn serve(
             continue;
         };
         let _ = tcp.set_nodelay(true);
+        // Bound the bytes a client that stopped reading leaves queued in the kernel for us
+        // (otherwise up to the send buffer's autotuned maximum, 4 MiB, per connection).
+        let _ = socket2::SockRef::from(&tcp).set_tcp_notsent_lowat(NOTSENT_LOWAT);
         let io = TokioIo::new(IdleTimeout::new(tcp, limits.idle_timeout));
         let router = router.clone();
         let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
