@@ -26,6 +26,7 @@ mod process;
 mod registry;
 mod rig;
 mod shoal;
+pub mod slow;
 
 use std::path::PathBuf;
 
