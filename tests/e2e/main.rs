@@ -16,3 +16,4 @@ mod multi;
 mod p2p;
 mod rig;
 mod security;
+mod slow;

@@ -27,7 +27,8 @@ mod process;
 mod registry;
 mod rig;
 mod shoal;
-mod slow;
+pub mod slow;
+mod slow_proxy;
 mod token;
 
 use std::path::PathBuf;
@@ -43,7 +44,7 @@ pub use rig::{Rig, RigBuilder, write_psk};
 pub use shoal::{
     Daemon, DaemonBuilder, METRICS_PORT, MIRROR_PORT, P2P_PORT, metric_sum, shoal_cluster,
 };
-pub use slow::SlowProxy;
+pub use slow_proxy::SlowProxy;
 pub use token::{BearerConfig, BearerRegistry, HangingListener, TOKEN_SERVICE, TokenCounts};
 
 /// Tools the rig runs, with the Debian package providing each.

@@ -1,166 +1,151 @@
-//! A slow link to a registry, for tests that need one endpoint much slower than another (the
-//! seeds' 200 KB/s over a tailnet against 69 MB/s in-cluster): a TCP forwarder on loopback in a
-//! node's namespace that holds back each chunk of the answer. `tc` on loopback would slow every
-//! local service of the node alike; this slows one port.
+//! Slow readers: many HTTP/1.1 GETs that take their bodies at one byte a second, to hold a
+//! server's per-request resources the way a stalled or throttled client does (the mirror's
+//! bounds are measured and tested with them). Runs inside a node's namespace as the
+//! `shoal-slow-readers` binary (e2e tests) or as a benchmark re-run with `--slow-readers`.
+//!
+//! Arguments: `<host:port> <path?query> <count> <hold seconds>`. Prints `status <code> <n>` per
+//! status seen, then `ready` once every connection has its answer's status line (or failed,
+//! counted as status 0), then keeps reading one byte a second on every 200/206 connection until
+//! the hold time is over, prints `done bytes=<n>` and exits. Bounded in count and time.
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::node::Node;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
-/// Most connections forwarded at once (later ones are closed at once).
-const MAX_CONNECTIONS: u32 = 32;
-/// Largest chunk of the answer sent after each delay.
-const CHUNK: usize = 8 * 1024;
+/// Connections being opened at once (the server's listen backlog is larger).
+const CONNECTING: usize = 64;
+/// Most connections one run may hold.
+pub const MAX_READERS: usize = 10_000;
+/// Longest hold.
+pub const MAX_HOLD: Duration = Duration::from_secs(600);
 
-/// Forwards `127.0.0.1:<port>` in a node's namespace to an upstream address reachable from it,
-/// sleeping `delay` before each chunk (at most 8 KiB) of the upstream's answer.
-#[derive(Debug)]
-pub struct SlowProxy {
-    stop: Arc<AtomicBool>,
-    accepted: Arc<AtomicU32>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl SlowProxy {
-    pub fn start(node: &Node, port: u16, upstream: &str, delay: Duration) -> SlowProxy {
-        let stop = Arc::new(AtomicBool::new(false));
-        let accepted = Arc::new(AtomicU32::new(0));
-        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-        let netns = format!("/run/netns/{}", node.netns());
-        let upstream = upstream.to_owned();
-        let (stop2, accepted2) = (stop.clone(), accepted.clone());
-        let thread = std::thread::Builder::new()
-            .name("slow-proxy".into())
-            .spawn(move || {
-                // Threads started from here share the namespace entered.
-                let bound = crate::token::enter(&netns).and_then(|()| {
-                    let l = TcpListener::bind(("127.0.0.1", port))
-                        .map_err(|e| format!("bind 127.0.0.1:{port}: {e}"))?;
-                    l.set_nonblocking(true).map_err(|e| e.to_string())?;
-                    Ok(l)
-                });
-                let listener = match bound {
-                    Ok(l) => {
-                        let _ = ready_tx.send(Ok(()));
-                        l
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let active = Arc::new(AtomicU32::new(0));
-                while !stop2.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((conn, _)) => {
-                            accepted2.fetch_add(1, Ordering::Relaxed);
-                            if active.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
-                                continue;
-                            }
-                            active.fetch_add(1, Ordering::Relaxed);
-                            let (stop3, active3, up) =
-                                (stop2.clone(), active.clone(), upstream.clone());
-                            let _ = std::thread::Builder::new()
-                                .name("slow-proxy-conn".into())
-                                .spawn(move || {
-                                    forward(conn, &up, delay, &stop3);
-                                    active3.fetch_sub(1, Ordering::Relaxed);
-                                });
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                    }
-                }
-            })
-            .expect("start the slow proxy thread");
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("slow proxy start")
-            .unwrap_or_else(|e| panic!("slow proxy: {e}"));
-        SlowProxy {
-            stop,
-            accepted,
-            thread: Some(thread),
+/// Runs the slow readers described by `args` (see the module docs); returns the exit code.
+pub fn main(args: &[String]) -> i32 {
+    let parsed = (|| -> Option<(SocketAddr, String, usize, u64)> {
+        Some((
+            args.first()?.parse().ok()?,
+            args.get(1)?.clone(),
+            args.get(2)?.parse().ok()?,
+            args.get(3)?.parse().ok()?,
+        ))
+    })();
+    let Some((addr, path, count, hold)) = parsed else {
+        eprintln!("usage: <host:port> <path?query> <count> <hold seconds>");
+        return 2;
+    };
+    let count = count.min(MAX_READERS);
+    let hold = Duration::from_secs(hold).min(MAX_HOLD);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            return 1;
         }
-    }
-
-    /// Connections accepted so far.
-    pub fn connections(&self) -> u32 {
-        self.accepted.load(Ordering::Relaxed)
-    }
+    };
+    rt.block_on(run(addr, path, count, hold));
+    0
 }
 
-/// Copies `client` to `upstream` and back (slowly), until either side closes or `stop`.
-fn forward(client: TcpStream, upstream: &str, delay: Duration, stop: &AtomicBool) {
-    let Ok(addr) = upstream.parse() else { return };
-    let Ok(up) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-        return;
-    };
-    let tick = Some(Duration::from_millis(200));
-    for s in [&client, &up] {
-        let _ = s.set_read_timeout(tick);
-        let _ = s.set_nodelay(true);
-    }
-    let (Ok(mut c_in), Ok(mut u_out)) = (client.try_clone(), up.try_clone()) else {
-        return;
-    };
-    std::thread::scope(|s| {
-        s.spawn(move || copy(&mut c_in, &mut u_out, Duration::ZERO, stop));
-        let (mut u_in, mut c_out) = (&up, &client);
-        copy(&mut u_in, &mut c_out, delay, stop);
-    });
-}
-
-/// Copies until EOF, an error or `stop`, sleeping `delay` before each chunk; then closes both.
-fn copy(from: &mut impl ReadShut, to: &mut impl ReadShut, delay: Duration, stop: &AtomicBool) {
-    let mut buf = [0u8; CHUNK];
-    while !stop.load(Ordering::Relaxed) {
-        match from.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                std::thread::sleep(delay);
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
+async fn run(addr: SocketAddr, path: String, count: usize, hold: Duration) {
+    let until = Instant::now() + hold;
+    let request = Arc::new(format!(
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nuser-agent: shoal-slow-reader\r\n\r\n"
+    ));
+    let gate = Arc::new(tokio::sync::Semaphore::new(CONNECTING));
+    let (status_tx, mut status_rx) = tokio::sync::mpsc::channel::<u16>(count.max(1));
+    let mut readers = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let (request, gate, status_tx) = (request.clone(), gate.clone(), status_tx.clone());
+        readers.spawn(async move {
+            let opened = {
+                let _g = gate.acquire().await;
+                open(addr, &request).await
+            };
+            let (mut conn, status, mut got) = match opened {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("reader: {e}");
+                    let _ = status_tx.send(0).await;
+                    return 0;
+                }
+            };
+            let _ = status_tx.send(status).await;
+            if status != 200 && status != 206 {
+                return 0;
+            }
+            let mut byte = [0u8; 1];
+            while Instant::now() < until {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match tokio::time::timeout_at(until.into(), conn.read(&mut byte)).await {
+                    Ok(Ok(n)) if n > 0 => got += 1,
+                    _ => break,
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => break,
+            got
+        });
+    }
+    drop(status_tx);
+    let mut statuses = BTreeMap::<u16, usize>::new();
+    // Every reader keeps its sender while it reads: count answers, not closed senders.
+    for _ in 0..count {
+        match status_rx.recv().await {
+            Some(s) => *statuses.entry(s).or_default() += 1,
+            None => break,
         }
     }
-    from.shut();
-    to.shut();
-}
-
-trait ReadShut: Read + Write {
-    fn shut(&self);
-}
-
-impl ReadShut for TcpStream {
-    fn shut(&self) {
-        let _ = self.shutdown(Shutdown::Both);
+    for (s, n) in &statuses {
+        println!("status {s} {n}");
     }
-}
-
-impl ReadShut for &TcpStream {
-    fn shut(&self) {
-        let _ = (*self).shutdown(Shutdown::Both);
+    println!("ready");
+    let mut total = 0u64;
+    while let Some(r) = readers.join_next().await {
+        total += r.unwrap_or(0);
     }
+    println!("done bytes={total}");
 }
 
-impl Drop for SlowProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+/// Connects, sends the request and reads up to the end of the headers; returns the
+/// connection, the status and how many body bytes came with the headers.
+async fn open(addr: SocketAddr, request: &str) -> std::io::Result<(TcpStream, u16, u64)> {
+    let mut conn = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::other("connect timed out"))??;
+    conn.write_all(request.as_bytes()).await?;
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 256];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = tokio::time::timeout_at(deadline.into(), conn.read(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::other("no answer within 30 s"))??;
+        if n == 0 {
+            return Err(std::io::Error::other("closed before the headers"));
+        }
+        head.extend_from_slice(&buf[..n]);
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            let status = std::str::from_utf8(&head[..end])
+                .ok()
+                .and_then(|h| h.split_whitespace().nth(1)?.parse().ok())
+                .unwrap_or(0);
+            return Ok((conn, status, (head.len() - end - 4) as u64));
+        }
+        if head.len() > 64 * 1024 {
+            return Err(std::io::Error::other("headers over 64 KiB"));
         }
     }
+}
+
+/// Parses the `status <code> <n>` lines of a run's output.
+pub fn statuses(output: &str) -> BTreeMap<u16, usize> {
+    output
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.strip_prefix("status ")?.split_whitespace();
+            Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+        })
+        .collect()
 }

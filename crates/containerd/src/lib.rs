@@ -17,6 +17,6 @@ pub mod watch;
 pub use client::{ContainerdVersion, ContentSource};
 pub use error::{Error, parse_digest};
 pub use inventory::{BlobInfo, Descriptor, ImageInfo, Inventory, SkippedImage};
-pub use read::{Blob, ByteStream, DISK_CHUNK, ReadPath};
+pub use read::{Blob, ByteStream, MAX_CHUNK, MIN_CHUNK, ReadPath, chunk_len};
 pub use tokio_util::sync::CancellationToken;
 pub use watch::{Change, WatchConfig};

@@ -3,31 +3,52 @@
 //! Every read first asks containerd (`Content.Info`, in this source's namespace) whether the
 //! blob exists and how big it is: the on-disk store is shared by all namespaces, so the file
 //! existing proves nothing. Then the bytes come from `<content_dir>/blobs/<alg>/<hex>` when that
-//! file is readable and has the expected size (the fast path: no gRPC framing, 256 KiB chunks),
-//! and through the `Content.Read` stream otherwise. The path is built only from a validated
-//! [`Digest`], whose hex part cannot contain `/` or `..`.
+//! file is readable and has the expected size (the fast path: no gRPC framing), and through
+//! `Content.Read` otherwise. The path is built only from a validated [`Digest`], whose hex part
+//! cannot contain `/` or `..`.
+//!
+//! # What a reader holds
+//!
+//! A reader of a blob may be a client taking a byte a second, and a node serves thousands at
+//! once, so a read holds nothing while its consumer is not asking for bytes:
+//! * **no thread**: each chunk is read by one short blocking call (`spawn_blocking` for the
+//!   file, one windowed `Content.Read` for the API) started when the consumer polls for it;
+//!   between chunks nothing runs. (A thread per reader for the whole transfer exhausted tokio's
+//!   blocking pool at about 512 slow readers, and then every request waited.)
+//! * **at most one chunk** of memory: nothing is read ahead. The chunk size follows what the
+//!   consumer has taken ([`chunk_len`]): [`MIN_CHUNK`] at first, growing to [`MAX_CHUNK`] after
+//!   a few MiB. A reader that stalls early (a slow client stalls as soon as the kernel's
+//!   socket buffers are full, a few hundred KiB) keeps holding a small chunk; a fast one gets
+//!   large chunks and few hand-offs.
+//! * on the disk path, **one open file**; on the API path, one short gRPC stream per chunk
+//!   (containerd's own `Content.Read` stream would push up to its flow-control window, 2 MiB,
+//!   into this process per reader).
+//!
+//! Zero-copy `sendfile` was not used: the HTTP server (hyper) owns the socket and frames the
+//! body, and a body can only hand it bytes; the copy from the page cache costs well under the
+//! socket write itself (see `docs/benchmarks.md`, slow readers).
 
 use std::fmt;
 use std::io::{Read, SeekFrom};
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use containerd_client::services::v1::ReadContentRequest;
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt};
 use shoal_oci::Digest;
 use tokio::io::AsyncSeekExt;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 use crate::client::ContentSource;
 use crate::error::Error;
 
-/// Chunk size of the disk path.
-pub const DISK_CHUNK: usize = 256 * 1024;
-/// Chunks read ahead of the consumer on the disk path.
-const DISK_QUEUE: usize = 4;
+/// Smallest chunk a read yields (but for the last one): what a reader that has taken little
+/// gets.
+pub const MIN_CHUNK: usize = 16 * 1024;
+/// Largest chunk a read yields.
+pub const MAX_CHUNK: usize = 256 * 1024;
 
 /// The bytes of a blob, as a fallible stream.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, Error>> + Send>>;
@@ -62,6 +83,32 @@ impl fmt::Debug for Blob {
             .field("len", &self.len)
             .field("path", &self.path)
             .finish_non_exhaustive()
+    }
+}
+
+/// Size of the next chunk of a read that has yielded `taken` bytes and has `left` to go: a
+/// sixteenth of what was taken, as a power of two within [`MIN_CHUNK`]..=[`MAX_CHUNK`]
+/// (16 KiB for the first 512 KiB, doubling up to 256 KiB from 4 MiB on), never more than `left`.
+pub fn chunk_len(taken: u64, left: u64) -> usize {
+    let want = usize::try_from(taken / 16)
+        .unwrap_or(MAX_CHUNK)
+        .clamp(MIN_CHUNK, MAX_CHUNK);
+    // Round down to a power of two: few distinct allocation sizes.
+    let want = 1usize << (usize::BITS - 1 - want.leading_zeros());
+    usize::try_from(left).map_or(want, |l| l.min(want))
+}
+
+/// Where a chunked read is: what it reads from, the next offset and the end.
+struct Cursor<S> {
+    source: S,
+    pos: u64,
+    end: u64,
+}
+
+impl<S> Cursor<S> {
+    /// The next chunk's offset and length, `None` when done.
+    fn next(&self, start: u64) -> Option<(u64, usize)> {
+        (self.pos < self.end).then(|| (self.pos, chunk_len(self.pos - start, self.end - self.pos)))
     }
 }
 
@@ -110,7 +157,7 @@ impl ContentSource {
         }
         let (path, stream) = match self.open_disk(digest, size, offset, len).await {
             Some(stream) => (ReadPath::Disk, stream),
-            None => (ReadPath::Rpc, self.open_rpc(digest, offset, len).await?),
+            None => (ReadPath::Rpc, self.open_rpc(digest, offset, len)),
         };
         tracing::debug!(digest = %digest, offset, len, ?path, "reading blob");
         Ok(Blob {
@@ -151,60 +198,113 @@ impl ContentSource {
             file.seek(SeekFrom::Start(offset)).await?;
             Ok(file)
         };
-        let mut file = match opened.await {
-            Ok(file) => file.into_std().await,
+        let file = match opened.await {
+            Ok(file) => Arc::new(file.into_std().await),
             Err(e) => {
                 tracing::debug!(digest = %digest, path = %path.display(), error = %e,
                     "content directory not usable; reading through the content API");
                 return None;
             }
         };
-        // One blocking thread per read, handing whole chunks over a small bounded channel:
-        // measured about twice as fast as tokio::fs's per-read hand-offs. The thread ends when
-        // the blob is done or the stream is dropped (the send fails).
-        let (tx, rx) = mpsc::channel::<Result<Bytes, Error>>(DISK_QUEUE);
-        tokio::task::spawn_blocking(move || {
-            let mut remaining = len;
-            while remaining > 0 {
-                let n = usize::try_from(remaining.min(DISK_CHUNK as u64)).unwrap_or(DISK_CHUNK);
-                let mut buf = vec![0u8; n];
-                let item = match file.read_exact(&mut buf) {
-                    Ok(()) => Ok(Bytes::from(buf)),
-                    Err(error) => Err(Error::Io {
-                        path: path.clone(),
-                        error,
-                    }),
-                };
-                let failed = item.is_err();
-                if tx.blocking_send(item).is_err() || failed {
-                    return;
+        let cursor = Cursor {
+            source: (file, Arc::new(path)),
+            pos: offset,
+            end: offset + len,
+        };
+        Some(Box::pin(futures::stream::unfold(
+            cursor,
+            move |mut c| async move {
+                let (_, n) = c.next(offset)?;
+                let (file, path) = c.source.clone();
+                // One blocking call per chunk; the file's position moves with it (one chunk at
+                // a time, so reads never overlap).
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut buf = Vec::with_capacity(n);
+                    (&*file).take(n as u64).read_to_end(&mut buf)?;
+                    if buf.len() < n {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!("file ended {} bytes early", n - buf.len()),
+                        ));
+                    }
+                    Ok(buf)
+                })
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                match read {
+                    Ok(buf) => {
+                        c.pos += n as u64;
+                        Some((Ok(Bytes::from(buf)), c))
+                    }
+                    Err(error) => {
+                        let err = Error::Io {
+                            path: path.to_path_buf(),
+                            error,
+                        };
+                        c.pos = c.end;
+                        Some((Err(err), c))
+                    }
                 }
-                remaining -= n as u64;
-            }
-        });
-        Some(Box::pin(ReceiverStream::new(rx)))
+            },
+        )))
     }
 
-    async fn open_rpc(&self, digest: &Digest, offset: u64, len: u64) -> Result<ByteStream, Error> {
-        if len == 0 {
-            // containerd reads to the end when asked for 0 bytes.
-            return Ok(Box::pin(futures::stream::empty()));
-        }
+    /// `len` bytes from `offset` through `Content.Read`, one request per chunk so that at most
+    /// one chunk is in this process whatever the consumer's speed.
+    fn open_rpc(&self, digest: &Digest, offset: u64, len: u64) -> ByteStream {
+        let cursor = Cursor {
+            source: (self.clone(), digest.clone()),
+            pos: offset,
+            end: offset + len,
+        };
+        Box::pin(futures::stream::unfold(cursor, move |mut c| async move {
+            let (at, n) = c.next(offset)?;
+            let (src, digest) = &c.source;
+            let read = src.read_window(digest, at, n).await;
+            match read {
+                // An empty answer ends the stream; the length check reports the short read.
+                Ok(chunk) if chunk.is_empty() => None,
+                Ok(chunk) => {
+                    c.pos += chunk.len() as u64;
+                    Some((Ok(chunk), c))
+                }
+                Err(e) => {
+                    c.pos = c.end;
+                    Some((Err(e), c))
+                }
+            }
+        }))
+    }
+
+    /// One `Content.Read` of `n` bytes at `offset`, gathered (containerd sends at most 1 MiB a
+    /// message, so a chunk is one message).
+    async fn read_window(&self, digest: &Digest, offset: u64, n: usize) -> Result<Bytes, Error> {
         let req = self.request(ReadContentRequest {
             digest: digest.to_string(),
             offset: i64::try_from(offset).unwrap_or(i64::MAX),
-            size: i64::try_from(len).unwrap_or(i64::MAX),
+            size: i64::try_from(n).unwrap_or(i64::MAX),
         });
-        let stream = match self.content().read(req).await {
+        let mut stream = match self.content().read(req).await {
             Ok(r) => r.into_inner(),
             Err(s) if s.code() == Code::NotFound => return Err(Error::NotFound(digest.clone())),
             Err(s) => return Err(Error::rpc("Content.Read", s)),
         };
-        Ok(Box::pin(
-            stream
-                .map_ok(|msg| Bytes::from(msg.data))
-                .map_err(|s| Error::rpc("Content.Read", s)),
-        ))
+        // The usual single message is passed on as it is; several are joined.
+        let mut first: Option<Bytes> = None;
+        let mut joined = BytesMut::new();
+        while let Some(msg) = stream.message().await.transpose() {
+            let data = Bytes::from(msg.map_err(|s| Error::rpc("Content.Read", s))?.data);
+            if first.is_none() && joined.is_empty() {
+                first = Some(data);
+                continue;
+            }
+            if let Some(f) = first.take() {
+                joined.reserve(n);
+                joined.extend_from_slice(&f);
+            }
+            joined.extend_from_slice(&data);
+        }
+        Ok(first.unwrap_or_else(|| joined.freeze()))
     }
 }
 
@@ -245,4 +345,22 @@ fn checked_len(inner: ByteStream, digest: Digest, expected: u64) -> ByteStream {
             }
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_grow_with_what_was_taken_and_stop_at_the_end() {
+        assert_eq!(chunk_len(0, u64::MAX), MIN_CHUNK);
+        assert_eq!(chunk_len(256 * 1024, u64::MAX), MIN_CHUNK);
+        assert_eq!(chunk_len(512 * 1024, u64::MAX), 32 * 1024);
+        assert_eq!(chunk_len(600 * 1024, u64::MAX), 32 * 1024);
+        assert_eq!(chunk_len(4 << 20, u64::MAX), MAX_CHUNK);
+        assert_eq!(chunk_len(1 << 40, u64::MAX), MAX_CHUNK);
+        assert_eq!(chunk_len(0, 10), 10);
+        assert_eq!(chunk_len(8 << 20, 100_000), 100_000);
+        assert_eq!(chunk_len(0, 0), 0);
+    }
 }

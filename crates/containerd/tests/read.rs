@@ -9,11 +9,12 @@ use std::time::Instant;
 use common::Containerd;
 use common::image::{BlobData, Image, big_layer, manifest, small_layer};
 use futures::StreamExt;
-use shoal_containerd::{Blob, ContentSource, DISK_CHUNK, Error, ReadPath};
+use shoal_containerd::{Blob, ContentSource, Error, MAX_CHUNK, MIN_CHUNK, ReadPath};
 use shoal_oci::Digest;
 
 /// Hashes `prefix` followed by the stream; returns the digest, the byte count and the largest
-/// chunk seen.
+/// chunk seen. Checks that every chunk but the last has the size [`chunk_len`] gives for what
+/// came before it: small while little was taken, never over [`MAX_CHUNK`].
 async fn hash(prefix: &[u8], blob: Blob) -> (Digest, u64, usize) {
     let mut h = Digest::sha256_of(b"").hasher();
     h.update(prefix);
@@ -22,6 +23,11 @@ async fn hash(prefix: &[u8], blob: Blob) -> (Digest, u64, usize) {
     while let Some(chunk) = s.next().await {
         let chunk = chunk.unwrap();
         h.update(&chunk);
+        assert_eq!(
+            chunk.len(),
+            shoal_containerd::chunk_len(n, blob.len - n),
+            "chunk after {n} bytes"
+        );
         n += chunk.len() as u64;
         max = max.max(chunk.len());
     }
@@ -51,9 +57,7 @@ async fn check_offsets(
     assert_eq!((b.path, b.size, b.offset, b.len), (path, size, 0, size));
     let (d, n, max) = hash(&[], b).await;
     assert_eq!((&d, n), (digest, size));
-    if path == ReadPath::Disk {
-        assert!(max <= DISK_CHUNK, "disk chunk of {max} bytes");
-    }
+    assert!(max <= MAX_CHUNK, "chunk of {max} bytes");
     let b = src.read(digest, 1).await.unwrap();
     assert_eq!((b.path, b.offset, b.len), (path, 1, size - 1));
     let (d, n, _) = hash(&[first], b).await;
@@ -201,4 +205,56 @@ async fn reads_a_200mb_layer_at_offsets() {
         ReadPath::Rpc,
     )
     .await;
+}
+
+/// A reader that stops asking holds no thread and at most one small chunk: with tokio's
+/// blocking pool cut to 2 threads, 16 reads of a 1.8 MB blob that each took one chunk and then
+/// stopped still leave a 17th read free to run to the end (a thread per reader for the whole
+/// transfer queued it forever), on both paths.
+#[test]
+fn stalled_readers_hold_no_thread() {
+    common::init_tracing();
+    let c = Containerd::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let text: String = (0..200_000).map(|i| format!("{i:08}\n")).collect();
+    let layer = small_layer("stalled.txt", &text);
+    let img = Image::single(
+        "docker.io/library/read-stalled:v1",
+        manifest("amd64", vec![layer.clone()]),
+    );
+    img.write_archive(&tmp.path().join("s.tar"));
+    c.import(&tmp.path().join("s.tar"), &[]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // A thread per reader hangs here rather than fails: bound the whole run.
+    let run = async {
+        for (disk, path) in [(true, ReadPath::Disk), (false, ReadPath::Rpc)] {
+            let src = c.source(disk).await;
+            let mut held = Vec::new();
+            for _ in 0..16 {
+                let mut b = src.read(&layer.digest, 0).await.unwrap();
+                assert_eq!(b.path, path);
+                let first = b.stream.next().await.unwrap().unwrap();
+                assert_eq!(first.len(), MIN_CHUNK);
+                held.push(b);
+            }
+            let b = src.read(&layer.digest, 0).await.unwrap();
+            let last = hash(&[], b).await;
+            assert_eq!((last.0, last.1), (layer.digest.clone(), layer.size));
+            // The stalled ones still finish correctly when they resume.
+            for b in held.drain(..) {
+                let rest = collect(b).await;
+                assert_eq!(rest.len() as u64, layer.size - MIN_CHUNK as u64);
+            }
+        }
+    };
+    rt.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(120), run)
+            .await
+            .expect("16 stalled reads and one more, on both paths, within 2 minutes");
+    });
 }

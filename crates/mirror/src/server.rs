@@ -7,6 +7,8 @@
 //! * request headers must arrive within `header_read_timeout` and fit `max_header_bytes`;
 //! * a connection with no byte read or written for `idle_timeout` is closed (a stalled reader of
 //!   a blob, a silent keep-alive connection); a slow but moving transfer is never cut;
+//! * a client that stops reading leaves at most [`NOTSENT_LOWAT`] (plus one write) queued in
+//!   the kernel's send buffer, not the autotuned maximum (4 MiB);
 //! * at most `max_connections` are open; when full, a new connection takes the place of the
 //!   oldest one with no request in progress (half-open, or idle between keep-alive requests),
 //!   and only when every connection is busy is the new one closed at once (containerd moves to
@@ -62,6 +64,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 /// `--max-connections` default.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 2048;
+/// Most bytes a connection keeps queued in the kernel but not yet sent (`TCP_NOTSENT_LOWAT`):
+/// enough to keep a fast link busy between two writes, little for a client that stopped reading.
+pub const NOTSENT_LOWAT: u32 = 128 * 1024;
 
 impl Default for ServerLimits {
     fn default() -> Self {
@@ -140,6 +145,9 @@ pub async fn serve(
             }
         };
         let _ = tcp.set_nodelay(true);
+        // Bound the bytes a client that stopped reading leaves queued in the kernel for us
+        // (otherwise up to the send buffer's autotuned maximum, 4 MiB, per connection).
+        let _ = socket2::SockRef::from(&tcp).set_tcp_notsent_lowat(NOTSENT_LOWAT);
         let io = TokioIo::new(IdleTimeout::new(tcp, limits.idle_timeout));
         let router = router.clone();
         let svc_conn = conn.clone();

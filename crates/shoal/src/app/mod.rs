@@ -4,6 +4,7 @@
 //! Tests build exactly this (with port 0 listeners) so what is tested is what runs.
 
 mod adapters;
+pub mod fd_limit;
 mod ready;
 
 use std::net::SocketAddr;

@@ -238,7 +238,9 @@ impl Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let running = App::start(args.into_config()?).await?;
+    let mut cfg = args.into_config()?;
+    crate::app::fd_limit::apply(&mut cfg);
+    let running = App::start(cfg).await?;
     let token = running.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;
