@@ -5,8 +5,9 @@
 //! timeout of its own, so a silent or slow client (or a scanner) could pin tasks and buffers
 //! forever. Here:
 //! * request headers must arrive within `header_read_timeout` and fit `max_header_bytes`;
-//! * a connection with no byte read or written for `idle_timeout` is closed (a stalled reader of
-//!   a blob, a silent keep-alive connection); a slow but moving transfer is never cut;
+//! * a connection with no byte read or written for `idle_timeout`, and no [`Activity`] from the
+//!   peer side of its request, is closed (a stalled reader of a blob, a silent keep-alive
+//!   connection); a slow but moving transfer, on either side, is never cut;
 //! * at most `max_connections` are open; one more is closed at once (containerd moves to the
 //!   next host on a refused or reset connection, it does not wait);
 //! * every request carries [`ConnectInfo`] with the TCP peer address (the loopback rule of
@@ -17,7 +18,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -103,10 +105,12 @@ pub async fn serve(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let io = TokioIo::new(IdleTimeout::new(tcp, limits.idle_timeout));
+        let activity = Activity::default();
+        let io = TokioIo::new(IdleTimeout::new(tcp, limits.idle_timeout, activity.clone()));
         let router = router.clone();
         let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(remote));
+            req.extensions_mut().insert(activity.clone());
             router.clone().oneshot(req.map(axum::body::Body::new))
         });
         let http = http.clone();
@@ -131,20 +135,52 @@ pub async fn serve(
     while conns.join_next().await.is_some() {}
 }
 
+/// Progress made for a connection's request away from its socket: bytes arriving from a peer
+/// while the answer is prepared or streamed. Handlers find it in the request extensions and
+/// touch it; the connection's idle timeout counts it as progress, so a transfer moving on
+/// either side is never cut, and only a stall on both sides is.
+#[derive(Debug, Clone, Default)]
+pub struct Activity(Arc<AtomicU64>);
+
+/// The base of [`Activity`] timestamps.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl Activity {
+    /// Record progress now.
+    pub fn touch(&self) {
+        let nanos = Instant::now().duration_since(epoch()).as_nanos();
+        self.0
+            .store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Option<Instant> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(epoch() + Duration::from_nanos(n)),
+        }
+    }
+}
+
 /// Closes a connection on which nothing was read or written for `idle` while the server was
-/// waiting to read or write: the clock restarts on every byte of progress.
+/// waiting to read or write, and no [`Activity`] was recorded for it: the clock restarts on
+/// every byte of progress on either side.
 struct IdleTimeout<T> {
     io: T,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
+    activity: Activity,
 }
 
 impl<T> IdleTimeout<T> {
-    fn new(io: T, idle: Duration) -> Self {
+    fn new(io: T, idle: Duration, activity: Activity) -> Self {
         IdleTimeout {
             io,
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
+            activity,
         }
     }
 
@@ -154,7 +190,16 @@ impl<T> IdleTimeout<T> {
     }
 
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.deadline.as_mut().poll(cx).is_ready()
+        loop {
+            if self.deadline.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            // Progress on the other side moves the deadline instead of ending the connection.
+            match self.activity.last().map(|t| t + self.idle) {
+                Some(at) if at > Instant::now() => self.deadline.as_mut().reset(at),
+                _ => return true,
+            }
+        }
     }
 
     /// `r`, what the inner I/O answered: progress restarts the clock, and still pending past
@@ -314,6 +359,61 @@ mod tests {
         assert!(n.is_ok(), "idle connection still open after 5 s");
         assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
         assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn progress_on_the_peer_side_keeps_a_quiet_connection_open() {
+        // The handler sends nothing for 1.5 s (three idle timeouts) while it records activity,
+        // like a verify-before-send download still receiving from a peer.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().fallback(|req: axum::extract::Request| async move {
+            let a = req.extensions().get::<Activity>().cloned().unwrap();
+            for _ in 0..15 {
+                a.touch();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            "late but fine"
+        });
+        let limits = ServerLimits {
+            idle_timeout: Duration::from_millis(500),
+            ..ServerLimits::default()
+        };
+        let token = CancellationToken::new();
+        tokio::spawn(serve("test", listener, router, limits, token.clone()));
+        let out = exchange(
+            addr,
+            b"GET /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(out.ends_with("late but fine"), "{out}");
+        // Without activity the same silence ends the connection.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().fallback(|| async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            "too late"
+        });
+        tokio::spawn(serve(
+            "test",
+            listener,
+            router,
+            limits_500ms(),
+            token.clone(),
+        ));
+        let out = exchange(
+            addr,
+            b"GET /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(out.is_empty(), "{out}");
+    }
+
+    fn limits_500ms() -> ServerLimits {
+        ServerLimits {
+            idle_timeout: Duration::from_millis(500),
+            ..ServerLimits::default()
+        }
     }
 
     #[tokio::test]

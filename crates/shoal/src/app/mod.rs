@@ -15,7 +15,7 @@ use shoal_containerd::{CancellationToken, Change, ContentSource, WatchConfig};
 use shoal_mirror::{
     EventLog, Metrics, MirrorConfig, MirrorState, PeerAuth, Readiness, ServerLimits,
 };
-use shoal_oci::Allowlist;
+use shoal_oci::{Allowlist, Key};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -109,6 +109,7 @@ impl App {
         .metrics(metrics.clone())
         .events(events.clone())
         .peer_auth(cfg.peer_auth.clone())
+        .ingest(Arc::new(store.clone()))
         .build()
         .context("invalid mirror configuration")?;
 
@@ -116,7 +117,7 @@ impl App {
         tasks.spawn(shoal_mirror::serve(
             "mirror",
             mirror_listener,
-            shoal_mirror::router(state),
+            shoal_mirror::router(state.clone()),
             cfg.server.clone(),
             shutdown.clone(),
         ));
@@ -129,6 +130,7 @@ impl App {
         ));
         tasks.spawn(follow_containerd(
             cfg.clone(),
+            state.clone(),
             store.clone(),
             advertised.clone(),
             p2p.clone(),
@@ -216,6 +218,7 @@ impl Running {
 /// then follows its content and mirrors every change onto the DHT.
 async fn follow_containerd(
     cfg: DaemonConfig,
+    mirror: MirrorState,
     store: ContainerdStore,
     advertised: Advertised,
     p2p: shoal_p2p::Handle,
@@ -253,6 +256,15 @@ async fn follow_containerd(
             Change::Added(keys) => {
                 // Serve before advertising: a peer that finds us must get the bytes.
                 advertised.add(keys);
+                // Piece lists for what peers may now pull (computed once, in the background).
+                mirror.prepare_pieces(
+                    keys.iter()
+                        .filter_map(|k| match k {
+                            Key::Digest(d) => Some(d.clone()),
+                            Key::Tag(_) => None,
+                        })
+                        .collect(),
+                );
                 p2p.provide(keys.clone()).await.map(|_| ())
             }
             Change::Removed(keys) => {
