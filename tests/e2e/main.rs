@@ -10,3 +10,4 @@ mod multi;
 mod p2p;
 mod rig;
 mod security;
+mod stream;
