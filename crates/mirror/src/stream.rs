@@ -14,7 +14,7 @@
 //!   publishes lists only for content that matched its digest). Each piece is sent only once it
 //!   matched its list entry; a bad piece marks its peer bad for the blob and is fetched again
 //!   from the next provider at the piece's offset, without restarting the blob. A piece that
-//!   fails against the list from two peers, or from the list's own holder, drops the list.
+//!   fails against the list from two peers drops the list.
 //! * **Tail hold.** The final piece is sent only after the whole-blob digest matched, so a
 //!   lying or stale list (or an unchecked body) never completes the body.
 //! * **Ingest repair.** If bytes were sent that no list vouched for (no list, or it was dropped)
@@ -337,10 +337,10 @@ impl Streamer {
         self.misses += 1;
         self.shared.bad.mark(&peer, &self.digest);
         self.shared.metrics.bad_piece();
-        let drop_list = match &self.list {
-            List::Checked { holder, .. } => *holder == peer || self.misses >= 2,
-            List::None => false,
-        };
+        // The list was made when its holder's copy matched the whole digest, so a holder whose
+        // bytes no longer match its own list has a copy that went bad since: keep the list.
+        // Only two different peers failing the same piece cast doubt on the list itself.
+        let drop_list = matches!(self.list, List::Checked { .. }) && self.misses >= 2;
         tracing::warn!(digest = %self.digest, %peer, piece = i, offset = start, drop_list, "piece does not match the piece list; fetching it from another peer");
         self.shared.event(
             &self.fetch.key,
