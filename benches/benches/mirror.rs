@@ -4,13 +4,16 @@
 //! Every figure is measured in this run next to its baseline, on the same machine, and reported
 //! as medians and ratios (these machines are noisy):
 //! - a miss (no node holds the blob): latency p50/p99 of the 404 containerd falls back on;
-//! - a 1 GiB blob peer → peer through Shoal vs `curl` straight from the distribution registry;
+//! - a 1 GiB blob peer → peer through Shoal vs `curl` straight from the distribution registry,
+//!   streamed (the puller runs with `--max-peers-per-blob 1`: one holder, pieces checked as they
+//!   arrive), with the time to first byte and the CPU seconds per GiB of the puller's and the
+//!   holder's Shoal (the holder's one-off piece-list computation measured separately);
 //! - `ctr pull` of the 200 MB image through Shoal from a peer vs straight from the registry;
 //! - Shoal's RSS idle and during the 1 GiB transfer.
 
 use std::time::{Duration, Instant};
 
-use shoal_benches::{rss_kib, with_peak_rss};
+use shoal_benches::{cpu_seconds, rss_kib, with_peak_rss};
 use shoal_tests::{Node, Rig, TestImage};
 
 const RUNS: usize = 5;
@@ -29,7 +32,20 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
 /// `curl` inside the node's namespace, one transfer per URL over one connection; returns
 /// (seconds, bytes) per transfer.
 fn curl_times(node: &Node, urls: &[String]) -> Vec<(f64, u64)> {
-    let mut argv = vec!["curl", "-s", "-w", "%{time_total} %{size_download}\n"];
+    curl_timed(node, urls)
+        .into_iter()
+        .map(|(t, _, n)| (t, n))
+        .collect()
+}
+
+/// Like [`curl_times`], with the time to the first body byte: (total s, first byte s, bytes).
+fn curl_timed(node: &Node, urls: &[String]) -> Vec<(f64, f64, u64)> {
+    let mut argv = vec![
+        "curl",
+        "-s",
+        "-w",
+        "%{time_total} %{time_starttransfer} %{size_download}\n",
+    ];
     for u in urls {
         // `-o` applies to one URL: give each its own so no body reaches stdout.
         argv.extend_from_slice(&["-o", "/dev/null", u]);
@@ -38,8 +54,12 @@ fn curl_times(node: &Node, urls: &[String]) -> Vec<(f64, u64)> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
-            let (t, n) = l.split_once(' ')?;
-            Some((t.parse().ok()?, n.parse().ok()?))
+            let mut f = l.split(' ');
+            Some((
+                f.next()?.parse().ok()?,
+                f.next()?.parse().ok()?,
+                f.next()?.parse().ok()?,
+            ))
         })
         .collect()
 }
@@ -60,7 +80,11 @@ fn main() {
     rig.registry().push(&huge);
     holder.configure_shoal();
     let d1 = holder.shoal().start();
-    let d2 = puller.shoal().bootstrap(&d1).start();
+    let d2 = puller
+        .shoal()
+        .args(&["--max-peers-per-blob", "1"])
+        .bootstrap(&d1)
+        .start();
     d1.wait_ready(Duration::from_secs(20));
     d2.wait_ready(Duration::from_secs(20));
     std::thread::sleep(Duration::from_secs(1));
@@ -87,6 +111,19 @@ fn main() {
     holder.pull(huge.reference()).unwrap();
     let (layer, size) = huge.layers()[0].clone();
     d2.wait_found(&huge, &layer);
+    // The holder computes the piece list once, in the background, when the blob appears.
+    let list = holder
+        .dir()
+        .join("spool")
+        .join("pieces")
+        .join(format!("sha256-{}", layer.hex()));
+    let list_cpu_from = cpu_seconds(d1.process().pid());
+    let list_wait = Instant::now();
+    while !list.exists() && list_wait.elapsed() < Duration::from_secs(300) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(list.exists(), "no piece list\n{}", d1.log_tail());
+    let list_cpu = cpu_seconds(d1.process().pid()) - list_cpu_from;
 
     // 2. 1 GiB blob: through Shoal (peer → peer) vs straight from the registry, alternating.
     let via_shoal = d2.blob_url(&huge, &layer);
@@ -97,17 +134,27 @@ fn main() {
     );
     let mut shoal_s = Vec::new();
     let mut registry_s = Vec::new();
+    let (mut shoal_ttfb, mut registry_ttfb) = (Vec::new(), Vec::new());
+    let (mut puller_cpu, mut holder_cpu) = (Vec::new(), Vec::new());
     let mut peak_rss = 0;
     for _ in 0..RUNS {
+        let (c2, c1) = (
+            cpu_seconds(d2.process().pid()),
+            cpu_seconds(d1.process().pid()),
+        );
         let (t, rss) = with_peak_rss(d2.process().pid(), || {
-            curl_times(puller, std::slice::from_ref(&via_shoal))
+            curl_timed(puller, std::slice::from_ref(&via_shoal))
         });
-        assert_eq!(t[0].1, size, "full blob through Shoal");
+        assert_eq!(t[0].2, size, "full blob through Shoal");
+        puller_cpu.push(cpu_seconds(d2.process().pid()) - c2);
+        holder_cpu.push(cpu_seconds(d1.process().pid()) - c1);
         shoal_s.push(t[0].0);
+        shoal_ttfb.push(t[0].1);
         peak_rss = peak_rss.max(rss);
-        let t = curl_times(puller, std::slice::from_ref(&direct));
-        assert_eq!(t[0].1, size, "full blob from the registry");
+        let t = curl_timed(puller, std::slice::from_ref(&direct));
+        assert_eq!(t[0].2, size, "full blob from the registry");
         registry_s.push(t[0].0);
+        registry_ttfb.push(t[0].1);
     }
 
     // 3. ctr pull of the 200 MB image: through Shoal from the peer vs from the registry.
@@ -152,6 +199,20 @@ fn main() {
         size as f64 / mr / 1e6,
         mr / ms
     );
+    println!(
+        "| time to first byte, 1 GiB blob (median) | {:.1} ms | {:.1} ms | |",
+        median(shoal_ttfb.clone()) * 1e3,
+        median(registry_ttfb.clone()) * 1e3
+    );
+    println!(
+        "| CPU s per GiB, puller / holder Shoal (median) | {:.2} / {:.2} | — | |",
+        median(puller_cpu.clone()) / gib,
+        median(holder_cpu.clone()) / gib
+    );
+    println!(
+        "| holder piece-list computation, once per blob | {:.2} CPU s per GiB | — | |",
+        list_cpu / gib
+    );
     let (ps, pr) = (median(pull_shoal), median(pull_registry));
     println!(
         "| `ctr pull` 200 MB image, peer via Shoal vs registry (median of 3) | {ps:.2} s | {pr:.2} s | {:.2}× time |",
@@ -163,4 +224,6 @@ fn main() {
         peak_rss as f64 / 1024.0
     );
     println!("\nraw: shoal {shoal_s:?} registry {registry_s:?}");
+    println!("raw first byte: shoal {shoal_ttfb:?} registry {registry_ttfb:?}");
+    println!("raw CPU s: puller {puller_cpu:?} holder {holder_cpu:?}");
 }

@@ -17,3 +17,4 @@ mod p2p;
 mod rig;
 mod security;
 mod slow;
+mod stream;

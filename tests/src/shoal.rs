@@ -86,6 +86,12 @@ impl Node {
     /// Flips one byte in the middle of a blob in the node's content store, behind containerd's
     /// back: the node's Shoal will then serve bytes that do not match their digest.
     pub fn corrupt_blob(&self, digest: &shoal_oci::Digest) {
+        let len = std::fs::metadata(self.blob_path(digest)).map_or(0, |m| m.len());
+        self.corrupt_blob_at(digest, len / 2);
+    }
+
+    /// Flips the byte at `mid` of a blob in the node's content store, behind containerd's back.
+    pub fn corrupt_blob_at(&self, digest: &shoal_oci::Digest, mid: u64) {
         use std::io::{Read, Seek, SeekFrom, Write};
         let path = self.blob_path(digest);
         let mut f = std::fs::OpenOptions::new()
@@ -93,7 +99,6 @@ impl Node {
             .write(true)
             .open(&path)
             .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        let mid = f.metadata().map(|m| m.len() / 2).unwrap_or(0);
         let mut b = [0u8; 1];
         f.seek(SeekFrom::Start(mid))
             .and_then(|_| f.read_exact(&mut b))

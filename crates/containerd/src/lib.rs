@@ -5,10 +5,12 @@
 //! - [`ContentSource::connect`] opens the socket and checks the namespace ([`client`]).
 //! - [`ContentSource::inventory`] walks images down to present blobs ([`inventory`]).
 //! - [`ContentSource::read`] / [`ContentSource::read_range`] stream a blob ([`read`]).
+//! - [`ContentSource::abort_ingests`] aborts the in-progress writes of a digest ([`ingest`]).
 //! - [`ContentSource::watch`] emits [`Change`]s on a bounded channel ([`watch`]).
 
 pub mod client;
 pub mod error;
+pub mod ingest;
 pub mod inventory;
 mod name;
 pub mod read;
@@ -16,6 +18,7 @@ pub mod watch;
 
 pub use client::{ContainerdVersion, ContentSource};
 pub use error::{Error, parse_digest};
+pub use ingest::Ingest;
 pub use inventory::{BlobInfo, Descriptor, ImageInfo, Inventory, SkippedImage};
 pub use read::{Blob, ByteStream, MAX_CHUNK, MIN_CHUNK, ReadPath, chunk_len};
 pub use tokio_util::sync::CancellationToken;

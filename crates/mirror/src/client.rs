@@ -18,6 +18,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use shoal_oci::{ByteRange, Digest, ManifestRef, Repository};
 
 use crate::peer_auth::PeerAuth;
+use crate::pieces::{self, PieceList};
 use crate::source::Provider;
 
 /// The `Docker-Content-Digest` header.
@@ -173,6 +174,39 @@ impl PeerClient {
             Some(size),
         )
         .await
+    }
+
+    /// GET the piece list of blob `digest` (of `size` bytes) from `provider`
+    /// ([`crate::pieces`]); any answer but a valid list for exactly that blob is an error.
+    pub(crate) async fn pieces(
+        &self,
+        provider: &Provider,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<PieceList, OpenError> {
+        let pq = format!("{}{digest}", pieces::ROUTE);
+        let url = format!("http://{}{pq}", provider.addr);
+        let mut req = self.http.get(url);
+        for (k, v) in self.auth.sign(&Method::GET, &pq) {
+            req = req.header(k, v);
+        }
+        let fetch = async {
+            let resp = req.send().await?;
+            if resp.status() != StatusCode::OK {
+                return Err(OpenError::Status(resp.status()));
+            }
+            let max = PieceList::max_encoded(size);
+            if resp.content_length().is_none_or(|n| n > max) {
+                return Err(OpenError::Invalid(format!(
+                    "piece list without a length or over {max} bytes"
+                )));
+            }
+            let bytes = resp.bytes().await?;
+            PieceList::decode(&bytes, size).map_err(|e| OpenError::Invalid(e.to_string()))
+        };
+        tokio::time::timeout(self.headers_timeout, fetch)
+            .await
+            .map_err(|_| OpenError::Timeout(self.headers_timeout))?
     }
 
     #[allow(clippy::too_many_arguments)]

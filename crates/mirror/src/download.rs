@@ -19,8 +19,6 @@
 //! * every peer request counts against the request's `max_attempts` ([`Fetch`]), so the work
 //!   done is bounded whatever the peers do.
 
-use std::time::Duration;
-
 use futures::StreamExt;
 use http::Method;
 use shoal_oci::Digest;
@@ -56,15 +54,7 @@ pub(crate) async fn download(
     let mut contributors = vec![current.provider.peer.clone()];
     let mut offset = 0u64;
     loop {
-        let resume_at = match pump(
-            shared.cfg.idle_timeout,
-            &mut current,
-            file,
-            &mut offset,
-            size,
-        )
-        .await
-        {
+        let resume_at = match pump(fetch, &mut current, file, &mut offset, size).await {
             Pump::Complete => {
                 let got = file.digest().await.map_err(|e| disk_failed(fetch, e))?;
                 if &got == digest {
@@ -126,14 +116,16 @@ pub(crate) async fn download(
     }
 }
 
-/// Copy `cur`'s body into `file` until the blob is complete or the peer fails.
+/// Copy `cur`'s body into `file` until the blob is complete or the peer fails. A stall is
+/// counted and marks the peer for this blob.
 async fn pump(
-    idle: Duration,
+    fetch: &mut Fetch,
     cur: &mut Opened,
     file: &mut SpoolFile,
     offset: &mut u64,
     size: u64,
 ) -> Pump {
+    let idle = fetch.shared.cfg.idle_timeout;
     loop {
         if *offset == size {
             return Pump::Complete;
@@ -142,8 +134,15 @@ async fn pump(
             Ok(Some(Ok(c))) => c,
             Ok(Some(Err(e))) => return Pump::Broke(format!("transfer broke: {e}")),
             Ok(None) => return Pump::Broke(format!("body ended at {offset} of {size} bytes")),
-            Err(_) => return Pump::Broke(format!("no data for {idle:?}")),
+            Err(_) => {
+                fetch.shared.metrics.peer_stall();
+                if let Some(d) = fetch.path.digest() {
+                    fetch.shared.bad.mark(&cur.provider.peer, d);
+                }
+                return Pump::Broke(format!("no data for {idle:?}"));
+            }
         };
+        fetch.touch();
         let len = chunk.len() as u64;
         if *offset + len > size {
             // Bytes beyond the announced size are never kept.

@@ -104,6 +104,17 @@ pub(crate) struct Fetch {
     pub key: String,
     pub pool: Pool,
     pub attempts: usize,
+    /// Touched on every byte from a peer, for the client connection's idle timeout.
+    pub activity: Option<crate::server::Activity>,
+}
+
+impl Fetch {
+    /// Record peer-side progress for the client connection.
+    pub(crate) fn touch(&self) {
+        if let Some(a) = &self.activity {
+            a.touch();
+        }
+    }
 }
 
 impl Fetch {

@@ -8,26 +8,26 @@
 //!
 //! # Verification design
 //!
-//! Rule: **containerd never receives a byte from a peer before the whole blob has been
-//! verified.** containerd commits whatever a mirror sends if its length matches, and a blob
-//! that then fails its digest fails the pull outright (notes §4.3). Cutting a corrupt body off
-//! at its end is not enough either: containerd 1.6's HTTP reader reconnects after an
-//! unexpected EOF with `Range: bytes=<offset>-`, trying its hosts in order, so the upstream
-//! registry supplies the correct suffix, containerd stitches it onto the corrupt prefix it
-//! already wrote, the commit fails with "unexpected commit digest", and that complete-but-wrong
-//! ingest then fails every later pull of the image at once. Hence:
+//! Rule: **containerd never commits a byte from a peer that failed verification, and a bad peer
+//! never leaves a pull wedged.** containerd commits whatever a mirror sends if its length
+//! matches; a body closed normally part-way makes it resume with `Range: bytes=<offset>-` from
+//! its hosts in order and stitch the parts; an aborted ingest fails the running pull and leaves
+//! nothing behind (measured, see `docs/architecture.md`). Hence:
 //!
 //! * **Small blobs and every manifest** (up to `small_blob_threshold`, 4 MiB): fetched whole
 //!   into memory, verified, and only then answered.
-//! * **Large blobs** are downloaded into a spool file in `spool_dir`, hashed as they arrive,
-//!   and answered (200, or 206 for a client `Range`, with `Content-Length`) from the verified
-//!   file only ([`download`], [`spool`]). The latency added is about the transfer and hash time
-//!   of the blob; spooling is bounded by `max_concurrent_spools` and by the free space of the
-//!   spool directory.
+//! * **Large blobs, streamed** ([`stream`]) when the local ingest can be aborted
+//!   ([`IngestControl`]): sent piece by piece, each piece checked against the holder's piece
+//!   list ([`pieces`]) first, the final piece held until the whole digest matched, and the
+//!   ingest aborted before the close whenever unchecked bytes went out and the blob failed.
+//! * **Large blobs, spooled** (no ingest control, containerd not connected, or a client
+//!   `Range`): downloaded into a spool file in `spool_dir`, hashed as they arrive, and
+//!   answered from the verified file only ([`download`], [`spool`]); spooling is bounded by
+//!   `max_concurrent_spools` and by the free space of the spool directory.
 //! * **Blobs above `multi_peer_threshold`** (64 MiB) are fetched from up to
 //!   `max_peers_per_blob` providers at once, in `piece_size` ranges written at their offsets
-//!   in the spool file and hashed in order behind the frontier of finished ranges ([`multi`]);
-//!   the verify-before-send rule is unchanged, the spool file is the reorder buffer.
+//!   in the spool file and hashed in order behind the frontier of finished ranges ([`multi`]),
+//!   still verified whole before sending; the spool file is the reorder buffer.
 //! * **Broken transfers** (error, early end, stall) continue from the next provider with
 //!   `Range: bytes=<offset>-`, keeping the hash state; a **digest mismatch** marks the
 //!   contributing peers bad for `bad_peer_ttl` and starts over from the next provider. All of
@@ -55,6 +55,7 @@ mod fetch;
 mod metrics;
 mod multi;
 mod peer_auth;
+mod pieces;
 mod refusal;
 mod routes;
 mod serve;
@@ -62,6 +63,7 @@ mod server;
 mod source;
 mod spool;
 mod state;
+mod stream;
 mod timed_store;
 mod trace;
 
@@ -81,8 +83,10 @@ pub use peer_auth::{
 pub use refusal::{Refusal, Refusals};
 pub use routes::router;
 pub use server::{
-    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    Activity, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_HEADER_BYTES, ServerLimits, serve,
 };
-pub use source::{BlobInfo, ByteStream, Descriptor, LocalStore, Provider, Providers};
+pub use source::{
+    BlobInfo, ByteStream, Descriptor, IngestControl, LocalStore, Provider, Providers,
+};
 pub use state::{BuildError, MirrorState, MirrorStateBuilder};

@@ -59,6 +59,12 @@ pub struct Metrics {
     peers: Gauge,
     advertised: Gauge,
     refusals: Refusals,
+    stream: Family<StreamLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabels {
+    event: String,
 }
 
 impl Default for Metrics {
@@ -104,7 +110,16 @@ impl Metrics {
             "Keys (digests and tags) this node advertises",
             advertised.clone(),
         );
+        let stream = Family::<StreamLabels, Counter>::default();
+        registry.register(
+            "mirror_peer_faults",
+            "Peer transfer faults by event: stall (no byte for the idle timeout), bad_piece \
+             (a piece did not match its list), ingest_aborted / ingest_abort_failed (a blob \
+             failed after bytes were sent and containerd's ingest was aborted)",
+            stream.clone(),
+        );
         Metrics {
+            stream,
             registry: Arc::new(registry),
             requests,
             bytes,
@@ -160,6 +175,42 @@ impl Metrics {
 
     pub fn observe_resolve(&self, d: Duration) {
         self.resolve.observe(d.as_secs_f64());
+    }
+
+    fn stream_event(&self, event: &str) {
+        self.stream
+            .get_or_create(&StreamLabels {
+                event: event.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A peer sent nothing for the idle timeout.
+    pub fn peer_stall(&self) {
+        self.stream_event("stall");
+    }
+
+    /// A piece did not match its piece list.
+    pub fn bad_piece(&self) {
+        self.stream_event("bad_piece");
+    }
+
+    /// An ingest abort was attempted (`ok`: containerd answered).
+    pub fn ingest_abort(&self, ok: bool) {
+        self.stream_event(if ok {
+            "ingest_aborted"
+        } else {
+            "ingest_abort_failed"
+        });
+    }
+
+    /// Peer faults counted so far for `event` (for tests and `shoal explain`).
+    pub fn peer_faults(&self, event: &str) -> u64 {
+        self.stream
+            .get_or_create(&StreamLabels {
+                event: event.to_owned(),
+            })
+            .get()
     }
 
     /// Set from the DHT side.

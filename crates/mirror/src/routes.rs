@@ -32,11 +32,14 @@ use crate::fetch::{Fetch, GaveUp, Pool};
 use crate::metrics::Source;
 use crate::multi;
 use crate::peer_auth::PeerCheck;
+use crate::pieces;
 use crate::refusal::Refusal;
 use crate::serve::{self, Meta};
+use crate::server::Activity;
 use crate::source::{BlobInfo, Provider};
 use crate::spool::SpoolError;
 use crate::state::{MirrorState, Shared};
+use crate::stream;
 use crate::trace::{RequestTrace, TracedBody};
 
 type Served = Result<(Response, Source), MirrorError>;
@@ -53,6 +56,8 @@ struct Ask {
     head: bool,
     from_peer: bool,
     range: Option<Range>,
+    /// Peer-side progress for the connection's idle timeout (absent without the server).
+    activity: Option<Activity>,
 }
 
 async fn handle(State(state): State<MirrorState>, req: Request) -> Response {
@@ -172,6 +177,10 @@ async fn dispatch(
             return ("other", "none".into(), Err(MirrorError::Unauthenticated));
         }
     };
+    if let Some(rest) = parts.uri.path().strip_prefix(pieces::ROUTE) {
+        let served = pieces::serve_list(shared, from_peer, head, rest).await;
+        return ("pieces", "none".into(), served);
+    }
     let ns = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
         .ok()
         .and_then(|q| q.0.get("ns").cloned())
@@ -252,6 +261,7 @@ async fn dispatch(
         head,
         from_peer,
         range,
+        activity: parts.extensions.get::<Activity>().cloned(),
     };
     let result = match api {
         ApiPath::Blob { repository, digest } => blob(shared, &ask, repository, digest).await,
@@ -319,6 +329,7 @@ fn fetch(shared: &Arc<Shared>, ask: &Ask, path: PeerPath, key: &Key, pool: Pool)
         key: key.to_string(),
         pool,
         attempts: 0,
+        activity: ask.activity.clone(),
     }
 }
 
@@ -335,7 +346,7 @@ async fn blob(shared: &Arc<Shared>, ask: &Ask, repository: Repository, digest: D
     if ask.from_peer {
         return Err(unknown());
     }
-    let _slot = peer_slot(shared, unknown()).await?;
+    let slot = peer_slot(shared, unknown()).await?;
     let key = Key::Digest(digest.clone());
     let (pool, first) = resolve(shared, &key, Some(&digest))
         .await
@@ -375,7 +386,14 @@ async fn blob(shared: &Arc<Shared>, ask: &Ask, repository: Repository, digest: D
         meta.size = bytes.len() as u64;
         return Ok((serve::buffered(&meta, ask.range, bytes)?, Source::Peer));
     }
-    // Large blob: download whole into a spool file and verify before sending anything (see
+    if let Some(ingest) = streamable(shared, ask, opened.size) {
+        let w = serve::window(None, opened.size)?;
+        let body = stream::start(f, digest.clone(), opened, ingest, slot)
+            .await
+            .map_err(gave_up)?;
+        return Ok((serve::streamed(&meta, w, body), Source::Peer));
+    }
+    // Otherwise download whole into a spool file and verify before sending anything (see
     // `download` for why). A client `Range` is served from the verified file.
     let w = serve::window(ask.range, opened.size)?;
     let key = f.key.clone();
@@ -409,7 +427,32 @@ async fn blob(shared: &Arc<Shared>, ask: &Ask, repository: Repository, digest: D
     Ok((serve::streamed(&meta, w, body), Source::Peer))
 }
 
+/// Stream a large peer blob as it arrives ([`stream`]) when the local ingest can be aborted,
+/// the request is for the whole blob and one peer at a time serves it; otherwise it is spooled
+/// and verified whole first.
+fn streamable(
+    shared: &Shared,
+    ask: &Ask,
+    size: u64,
+) -> Option<Arc<dyn crate::source::IngestControl>> {
+    let cfg = &shared.cfg;
+    let multi = size > cfg.multi_peer_threshold && cfg.max_peers_per_blob > 1;
+    let ingest = shared.ingest.as_ref()?;
+    (ask.range.is_none() && !multi && ingest.available()).then(|| ingest.clone())
+}
+
 async fn local_blob(shared: &Arc<Shared>, ask: &Ask, digest: Digest, info: BlobInfo) -> Served {
+    if shared.pieces.is_corrupt(&digest) {
+        return Err(MirrorError::BlobUnknown(format!(
+            "{digest} (the local copy does not match its digest)"
+        )));
+    }
+    if ask.from_peer && info.size > shared.cfg.small_blob_threshold {
+        // Peers will want its piece list: compute it once, in the background.
+        shared
+            .pieces
+            .ensure(shared.local.clone(), digest.clone(), info.size);
+    }
     let meta = Meta {
         digest,
         size: info.size,

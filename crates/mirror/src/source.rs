@@ -66,3 +66,16 @@ pub trait Providers: Send + Sync + 'static {
     /// every wait with its own timeouts. It should not yield this node itself.
     fn find(&self, key: &Key) -> BoxStream<'static, Provider>;
 }
+
+/// Control over the local containerd's ingests (in-progress writes), used when bytes already
+/// sent to containerd turn out wrong: aborting the ingest before the connection closes means
+/// containerd's retry starts clean instead of stitching onto a bad prefix (see
+/// [`crate::stream`]).
+pub trait IngestControl: Send + Sync + 'static {
+    /// Can an abort be attempted now (containerd connected)? When not, peer blobs are verified
+    /// whole before any byte is sent.
+    fn available(&self) -> bool;
+
+    /// Abort every active ingest of `digest`; returns how many were aborted.
+    fn abort<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<usize, String>>;
+}

@@ -10,7 +10,8 @@ use crate::config::MirrorConfig;
 use crate::events::{EventSink, FetchEvent, FetchEventKind, NoEvents};
 use crate::metrics::Metrics;
 use crate::peer_auth::{HeaderMarker, PeerAuth};
-use crate::source::{LocalStore, Providers};
+use crate::pieces::Pieces;
+use crate::source::{IngestControl, LocalStore, Providers};
 use crate::spool::Spool;
 use crate::timed_store::TimedStore;
 
@@ -33,6 +34,11 @@ pub(crate) struct Shared {
     pub metrics: Metrics,
     pub events: Arc<dyn EventSink>,
     pub spool: Spool,
+    /// Piece lists of local blobs, served to peers.
+    pub pieces: Arc<Pieces>,
+    /// Aborts local ingests; without it (or while it is unavailable) peer blobs are verified
+    /// whole before any byte is sent.
+    pub ingest: Option<Arc<dyn IngestControl>>,
     /// One permit per request in flight (held until its body ends).
     pub requests: Arc<tokio::sync::Semaphore>,
     /// One permit per client request being served from peers.
@@ -77,6 +83,7 @@ impl MirrorState {
             metrics: None,
             auth: None,
             events: None,
+            ingest: None,
         }
     }
 
@@ -88,6 +95,23 @@ impl MirrorState {
     pub fn config(&self) -> &MirrorConfig {
         &self.0.cfg
     }
+
+    /// Queue the piece lists of newly held local blobs (those above the small-blob threshold)
+    /// for computation in the background, so the first peer to pull one can check its pieces.
+    /// Bounded: one computation at a time and a short queue; the rest are computed when a peer
+    /// first asks.
+    pub fn prepare_pieces(&self, digests: Vec<shoal_oci::Digest>) {
+        let shared = self.0.clone();
+        tokio::spawn(async move {
+            for d in digests {
+                if let Some(info) = shared.local.stat(&d).await {
+                    if info.size > shared.cfg.small_blob_threshold {
+                        shared.pieces.ensure(shared.local.clone(), d, info.size);
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// Builder for [`MirrorState`]; metrics, peer auth and event sink have defaults.
@@ -98,6 +122,7 @@ pub struct MirrorStateBuilder {
     metrics: Option<Metrics>,
     auth: Option<Arc<dyn PeerAuth>>,
     events: Option<Arc<dyn EventSink>>,
+    ingest: Option<Arc<dyn IngestControl>>,
 }
 
 impl std::fmt::Debug for MirrorStateBuilder {
@@ -124,6 +149,13 @@ impl MirrorStateBuilder {
     /// Where fetch events go (default: dropped).
     pub fn events(mut self, events: Arc<dyn EventSink>) -> Self {
         self.events = Some(events);
+        self
+    }
+
+    /// How to abort the local containerd's ingests; needed to stream peer blobs before they
+    /// are verified whole (default: none, every peer blob is verified before it is sent).
+    pub fn ingest(mut self, ingest: Arc<dyn IngestControl>) -> Self {
+        self.ingest = Some(ingest);
         self
     }
 
@@ -175,7 +207,10 @@ impl MirrorStateBuilder {
         let peer_fetches = Arc::new(tokio::sync::Semaphore::new(
             self.cfg.max_concurrent_peer_fetches,
         ));
+        let pieces = Arc::new(Pieces::new(self.cfg.spool_dir.join("pieces")));
         Ok(MirrorState(Arc::new(Shared {
+            pieces,
+            ingest: self.ingest,
             requests,
             peer_fetches,
             bad: BadPeers::new(self.cfg.bad_peer_ttl),

@@ -451,6 +451,7 @@ impl<'a> Run<'a> {
             fd: self.fd.clone(),
             progress: progress.clone(),
             cancel: cancel.clone(),
+            activity: self.fetch.activity.clone(),
         };
         let handle = self.jobs.spawn(job.run(pre));
         let id = handle.id();

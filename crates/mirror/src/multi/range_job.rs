@@ -28,6 +28,7 @@ pub(super) struct RangeJob {
     pub(super) fd: Arc<File>,
     pub(super) progress: Arc<AtomicU64>,
     pub(super) cancel: CancellationToken,
+    pub(super) activity: Option<crate::server::Activity>,
 }
 
 impl RangeJob {
@@ -82,11 +83,19 @@ impl RangeJob {
                     return self.broke(&mut batch, why).await;
                 }
                 Err(_) => {
+                    // A stall: counted, and the peer marked for this blob.
+                    self.shared.metrics.peer_stall();
+                    if let Some(d) = self.path.digest() {
+                        self.shared.bad.mark(&self.provider.peer, d);
+                    }
                     return self
                         .broke(&mut batch, format!("no data for {idle:?}"))
                         .await;
                 }
             };
+            if let Some(a) = &self.activity {
+                a.touch();
+            }
             let left = want - received;
             if chunk.len() as u64 > left {
                 if opened.offset == 0 && self.start == 0 && self.end < self.size {

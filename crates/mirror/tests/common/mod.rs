@@ -283,6 +283,8 @@ pub enum Mode {
     /// Serve normally until this many bytes were sent over all requests, then break the
     /// connection and refuse (503) every later request: a holder that dies mid-download.
     DieAfterTotal(usize),
+    /// Same length, the byte at this offset flipped.
+    CorruptAt(usize),
 }
 
 /// A fake peer serving one blob; records the `Range` header of every request.
@@ -297,9 +299,24 @@ pub struct FakePeer {
     pub rate: Option<u64>,
     /// Body bytes sent over all requests.
     pub sent: AtomicUsize,
+    /// The piece list served at `/shoal/v1/pieces/<digest>` (404 when `None`).
+    pub list: Mutex<Option<Vec<u8>>>,
+    /// Piece-list requests received.
+    pub list_asks: AtomicUsize,
 }
 
 async fn fake_handler(State(p): State<Arc<FakePeer>>, req: Request) -> Response {
+    // Piece-list requests are counted apart from blob requests.
+    if req.uri().path().starts_with("/shoal/v1/pieces/") {
+        if !req.uri().path().ends_with(&p.digest.to_string()) {
+            return StatusCode::NOT_FOUND.into_response();
+        }
+        p.list_asks.fetch_add(1, Ordering::SeqCst);
+        return match p.list.lock().unwrap().clone() {
+            Some(l) => l.into_response(),
+            None => StatusCode::NOT_FOUND.into_response(),
+        };
+    }
     let range = req
         .headers()
         .get(header::RANGE)
@@ -319,6 +336,7 @@ async fn fake_handler(State(p): State<Arc<FakePeer>>, req: Request) -> Response 
             blob[i] ^= 0xff;
         }
         Mode::CorruptAll => blob.iter_mut().for_each(|b| *b ^= 0xff),
+        Mode::CorruptAt(i) => blob[i] ^= 0xff,
         Mode::DieAfterTotal(n) if p.sent.load(Ordering::SeqCst) >= n => {
             return StatusCode::SERVICE_UNAVAILABLE.into_response();
         }
@@ -411,7 +429,78 @@ pub async fn paced_peer(blob: &[u8], mode: Mode, rate: Option<u64>) -> (Arc<Fake
         peer_marked: Mutex::new(vec![]),
         rate,
         sent: AtomicUsize::new(0),
+        list: Mutex::new(None),
+        list_asks: AtomicUsize::new(0),
     });
     let addr = serve(Router::new().fallback(fake_handler).with_state(p.clone())).await;
     (p, addr)
+}
+
+/// A piece list in the wire format (piece size, blob size, big-endian u64s, then the SHA-256
+/// of every piece) for `blob`.
+pub fn piece_list(blob: &[u8], piece: usize) -> Vec<u8> {
+    use sha2::Digest as _;
+    let mut out = Vec::new();
+    out.extend_from_slice(&(piece as u64).to_be_bytes());
+    out.extend_from_slice(&(blob.len() as u64).to_be_bytes());
+    for c in blob.chunks(piece) {
+        out.extend_from_slice(&sha2::Sha256::digest(c));
+    }
+    out
+}
+
+/// An ingest control that records aborts.
+#[derive(Debug)]
+pub struct FakeIngest {
+    pub available: std::sync::atomic::AtomicBool,
+    pub aborts: Mutex<Vec<Digest>>,
+}
+
+impl FakeIngest {
+    pub fn new() -> Arc<FakeIngest> {
+        Arc::new(FakeIngest {
+            available: std::sync::atomic::AtomicBool::new(true),
+            aborts: Mutex::new(Vec::new()),
+        })
+    }
+    pub fn aborted(&self) -> usize {
+        self.aborts.lock().unwrap().len()
+    }
+}
+
+impl shoal_mirror::IngestControl for FakeIngest {
+    fn available(&self) -> bool {
+        self.available.load(Ordering::SeqCst)
+    }
+    fn abort<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<usize, String>> {
+        self.aborts.lock().unwrap().push(digest.clone());
+        async { Ok(1) }.boxed()
+    }
+}
+
+impl Client {
+    /// A client mirror that streams peer blobs (it can abort ingests through `ingest`).
+    pub fn streaming(
+        cfg: MirrorConfig,
+        prov: &Arc<FakeProviders>,
+        ingest: Arc<FakeIngest>,
+    ) -> Client {
+        let spool = spool_dir();
+        let cfg = MirrorConfig {
+            spool_dir: spool.path().join("spool"),
+            ..cfg
+        };
+        let log = Arc::new(EventLog::new(1000));
+        let st = MirrorState::builder(cfg, Arc::new(MemStore::default()), prov.clone())
+            .events(log.clone())
+            .ingest(ingest)
+            .build()
+            .unwrap();
+        Client {
+            r: shoal_mirror::router(st.clone()),
+            st,
+            log,
+            spool,
+        }
+    }
 }

@@ -12,7 +12,9 @@ use std::sync::{Arc, OnceLock, RwLock};
 use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream, StreamExt};
 use shoal_containerd::ContentSource;
-use shoal_mirror::{BlobInfo, ByteStream, Descriptor, LocalStore, Provider, Providers};
+use shoal_mirror::{
+    BlobInfo, ByteStream, Descriptor, IngestControl, LocalStore, Provider, Providers,
+};
 use shoal_oci::{Digest, Key, TagKey};
 
 /// The keys this node advertises, shared between the watcher (writer) and the mirror (reader).
@@ -130,6 +132,27 @@ impl LocalStore for ContainerdStore {
                     None
                 }
             }
+        })
+    }
+}
+
+/// Ingest aborts go to the same containerd; until it is connected there is nothing to abort
+/// with, and the mirror verifies peer blobs whole before sending them.
+impl IngestControl for ContainerdStore {
+    fn available(&self) -> bool {
+        self.source.get().is_some()
+    }
+
+    fn abort<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<usize, String>> {
+        Box::pin(async move {
+            let source = self
+                .source
+                .get()
+                .ok_or_else(|| "containerd is not connected".to_owned())?;
+            source
+                .abort_ingests(digest)
+                .await
+                .map_err(|e| e.to_string())
         })
     }
 }

@@ -18,7 +18,7 @@ use shoal_containerd::{CancellationToken, Change, ContentSource, WatchConfig};
 use shoal_mirror::{
     EventLog, Metrics, MirrorConfig, MirrorState, PeerAuth, Readiness, ServerLimits,
 };
-use shoal_oci::Allowlist;
+use shoal_oci::{Allowlist, Key};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -112,6 +112,7 @@ impl App {
         .metrics(metrics.clone())
         .events(events.clone())
         .peer_auth(cfg.peer_auth.clone())
+        .ingest(Arc::new(store.clone()))
         .build()
         .context("invalid mirror configuration")?;
 
@@ -120,7 +121,7 @@ impl App {
         let mirror = shoal_mirror::serve(
             "mirror",
             mirror_listener,
-            shoal_mirror::router(state),
+            shoal_mirror::router(state.clone()),
             cfg.server.clone(),
             metrics.refusals().clone(),
             shutdown.clone(),
@@ -142,6 +143,7 @@ impl App {
         ));
         tasks.spawn(follow_containerd(
             cfg.clone(),
+            state.clone(),
             store.clone(),
             advertised.clone(),
             p2p.clone(),
@@ -233,6 +235,7 @@ impl Running {
 /// then follows its content and mirrors every change onto the DHT.
 async fn follow_containerd(
     cfg: DaemonConfig,
+    mirror: MirrorState,
     store: ContainerdStore,
     advertised: Advertised,
     p2p: shoal_p2p::Handle,
@@ -270,6 +273,15 @@ async fn follow_containerd(
             Change::Added(keys) => {
                 // Serve before advertising: a peer that finds us must get the bytes.
                 advertised.add(keys);
+                // Piece lists for what peers may now pull (computed once, in the background).
+                mirror.prepare_pieces(
+                    keys.iter()
+                        .filter_map(|k| match k {
+                            Key::Digest(d) => Some(d.clone()),
+                            Key::Tag(_) => None,
+                        })
+                        .collect(),
+                );
                 p2p.provide(keys.clone()).await.map(|_| ())
             }
             Change::Removed(keys) => {

@@ -140,7 +140,8 @@ pub struct LimitArgs {
     pub header_read_timeout: Duration,
 
     /// A connection on which nothing moves for this long is closed (a stalled reader, an idle
-    /// keep-alive connection). A slow but moving transfer is never cut.
+    /// keep-alive connection). Bytes arriving from the peer that feeds a request count as
+    /// movement too, so a slow but moving transfer is never cut.
     #[arg(long, env = "SHOAL_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 

@@ -5,8 +5,9 @@
 //! timeout of its own, so a silent or slow client (or a scanner) could pin tasks and buffers
 //! forever. Here:
 //! * request headers must arrive within `header_read_timeout` and fit `max_header_bytes`;
-//! * a connection with no byte read or written for `idle_timeout` is closed (a stalled reader of
-//!   a blob, a silent keep-alive connection); a slow but moving transfer is never cut;
+//! * a connection with no byte read or written for `idle_timeout`, and no [`Activity`] from the
+//!   peer side of its request, is closed (a stalled reader of a blob, a silent keep-alive
+//!   connection); a slow but moving transfer, on either side, is never cut;
 //! * a client that stops reading leaves at most [`NOTSENT_LOWAT`] (plus one write) queued in
 //!   the kernel's send buffer, not the autotuned maximum (4 MiB);
 //! * at most `max_connections` are open; when full, a new connection takes the place of the
@@ -26,8 +27,8 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -148,11 +149,13 @@ pub async fn serve(
         // Bound the bytes a client that stopped reading leaves queued in the kernel for us
         // (otherwise up to the send buffer's autotuned maximum, 4 MiB, per connection).
         let _ = socket2::SockRef::from(&tcp).set_tcp_notsent_lowat(NOTSENT_LOWAT);
-        let io = TokioIo::new(IdleTimeout::new(tcp, limits.idle_timeout));
+        let activity = Activity::default();
+        let io = TokioIo::new(IdleTimeout::new(tcp, limits.idle_timeout, activity.clone()));
         let router = router.clone();
         let svc_conn = conn.clone();
         let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(remote));
+            req.extensions_mut().insert(activity.clone());
             let busy = Busy::start(svc_conn.clone());
             let call = router.clone().oneshot(req.map(axum::body::Body::new));
             async move {
@@ -313,20 +316,52 @@ impl ConnTable {
     }
 }
 
+/// Progress made for a connection's request away from its socket: bytes arriving from a peer
+/// while the answer is prepared or streamed. Handlers find it in the request extensions and
+/// touch it; the connection's idle timeout counts it as progress, so a transfer moving on
+/// either side is never cut, and only a stall on both sides is.
+#[derive(Debug, Clone, Default)]
+pub struct Activity(Arc<AtomicU64>);
+
+/// The base of [`Activity`] timestamps.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl Activity {
+    /// Record progress now.
+    pub fn touch(&self) {
+        let nanos = Instant::now().duration_since(epoch()).as_nanos();
+        self.0
+            .store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Option<Instant> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(epoch() + Duration::from_nanos(n)),
+        }
+    }
+}
+
 /// Closes a connection on which nothing was read or written for `idle` while the server was
-/// waiting to read or write: the clock restarts on every byte of progress.
+/// waiting to read or write, and no [`Activity`] was recorded for it: the clock restarts on
+/// every byte of progress on either side.
 struct IdleTimeout<T> {
     io: T,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
+    activity: Activity,
 }
 
 impl<T> IdleTimeout<T> {
-    fn new(io: T, idle: Duration) -> Self {
+    fn new(io: T, idle: Duration, activity: Activity) -> Self {
         IdleTimeout {
             io,
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
+            activity,
         }
     }
 
@@ -336,7 +371,16 @@ impl<T> IdleTimeout<T> {
     }
 
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.deadline.as_mut().poll(cx).is_ready()
+        loop {
+            if self.deadline.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            // Progress on the other side moves the deadline instead of ending the connection.
+            match self.activity.last().map(|t| t + self.idle) {
+                Some(at) if at > Instant::now() => self.deadline.as_mut().reset(at),
+                _ => return true,
+            }
+        }
     }
 
     /// `r`, what the inner I/O answered: progress restarts the clock, and still pending past
@@ -415,220 +459,4 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::SocketAddr;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    async fn start(limits: ServerLimits) -> (SocketAddr, CancellationToken) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let router = Router::new().fallback(|ConnectInfo(r): ConnectInfo<SocketAddr>| async move {
-            format!("from {}", r.ip())
-        });
-        let token = CancellationToken::new();
-        tokio::spawn(serve(
-            "test",
-            listener,
-            router,
-            limits,
-            refusals(),
-            token.clone(),
-        ));
-        (addr, token)
-    }
-
-    fn refusals() -> Refusals {
-        crate::Metrics::new().refusals().clone()
-    }
-
-    async fn exchange(addr: SocketAddr, req: &[u8]) -> String {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(req).await.unwrap();
-        let mut out = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-        String::from_utf8_lossy(&out).into_owned()
-    }
-
-    #[tokio::test]
-    async fn serves_with_the_remote_address() {
-        let (addr, _t) = start(ServerLimits::default()).await;
-        let out = exchange(
-            addr,
-            b"GET /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
-        )
-        .await;
-        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-        assert!(out.ends_with("from 127.0.0.1"), "{out}");
-    }
-
-    #[tokio::test]
-    async fn oversized_headers_are_refused() {
-        let (addr, _t) = start(ServerLimits::default()).await;
-        let big = format!(
-            "GET /x HTTP/1.1\r\nhost: a\r\nx-big: {}\r\n\r\n",
-            "a".repeat(64 * 1024)
-        );
-        let out = exchange(addr, big.as_bytes()).await;
-        assert!(out.starts_with("HTTP/1.1 431"), "{out:.80}");
-        let many: String = (0..100).map(|i| format!("x-h{i}: v\r\n")).collect();
-        let out = exchange(
-            addr,
-            format!("GET /x HTTP/1.1\r\nhost: a\r\n{many}\r\n").as_bytes(),
-        )
-        .await;
-        assert!(out.starts_with("HTTP/1.1 431"), "{out:.80}");
-    }
-
-    #[tokio::test]
-    async fn silent_and_idle_clients_are_disconnected() {
-        let limits = ServerLimits {
-            header_read_timeout: Duration::from_millis(300),
-            idle_timeout: Duration::from_millis(500),
-            ..ServerLimits::default()
-        };
-        let (addr, _t) = start(limits).await;
-        // Half a request line, then silence.
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /x HT").await.unwrap();
-        let started = std::time::Instant::now();
-        let mut out = Vec::new();
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-        assert!(n.is_ok(), "connection still open after 5 s");
-        assert!(started.elapsed() < Duration::from_secs(3));
-        // A keep-alive connection with nothing more to say is closed after the idle timeout.
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n")
-            .await
-            .unwrap();
-        let started = std::time::Instant::now();
-        let mut out = Vec::new();
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-        assert!(n.is_ok(), "idle connection still open after 5 s");
-        assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
-        assert!(started.elapsed() < Duration::from_secs(3));
-    }
-
-    #[tokio::test]
-    async fn a_new_connection_takes_the_place_of_an_idle_one() {
-        let limits = ServerLimits {
-            max_connections: 2,
-            ..ServerLimits::default()
-        };
-        let (addr, _t) = start(limits).await;
-        // One silent connection, one idle keep-alive connection after a request.
-        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
-        idle.write_all(b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 256];
-        assert!(idle.read(&mut buf).await.unwrap() > 0);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        // A newcomer takes the silent connection's place; it stays open, idle.
-        let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
-        second
-            .write_all(b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n")
-            .await
-            .unwrap();
-        let n = second.read(&mut buf).await.unwrap();
-        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-        // The next one takes the place of the oldest idle keep-alive.
-        let out = exchange(
-            addr,
-            b"GET /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
-        )
-        .await;
-        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-        for s in [&mut silent, &mut idle] {
-            let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
-            assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "not closed: {n:?}");
-        }
-    }
-
-    #[tokio::test]
-    async fn when_every_connection_is_busy_a_new_one_is_closed_at_once() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let slow = Router::new().fallback(|| async {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            "slow"
-        });
-        let limits = ServerLimits {
-            max_connections: 1,
-            ..ServerLimits::default()
-        };
-        let r = refusals();
-        let t = CancellationToken::new();
-        tokio::spawn(serve("test", listener, slow, limits, r.clone(), t.clone()));
-        let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
-        busy.write_all(b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n")
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let started = std::time::Instant::now();
-        let out = exchange(addr, b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n").await;
-        assert!(out.is_empty(), "{out}");
-        assert!(started.elapsed() < Duration::from_secs(2));
-        assert_eq!(r.count("test", Refusal::ConnectionLimit), 1);
-        t.cancel();
-    }
-
-    #[tokio::test]
-    async fn half_open_connections_are_counted_as_header_timeouts() {
-        let limits = ServerLimits {
-            header_read_timeout: Duration::from_millis(200),
-            ..ServerLimits::default()
-        };
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let r = refusals();
-        let t = CancellationToken::new();
-        let router = Router::new().fallback(|| async { "ok" });
-        tokio::spawn(serve(
-            "test",
-            listener,
-            router,
-            limits,
-            r.clone(),
-            t.clone(),
-        ));
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /x HTTP/1.1\r\nhost").await.unwrap();
-        let mut out = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
-        let _ = exchange(addr, b"NOT HTTP AT ALL\r\n\r\n").await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(r.count("test", Refusal::HeaderTimeout), 1);
-        assert_eq!(r.count("test", Refusal::Malformed), 1);
-        t.cancel();
-    }
-
-    #[tokio::test]
-    async fn shutdown_stops_accepting_and_returns() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let token = CancellationToken::new();
-        let task = tokio::spawn(serve(
-            "test",
-            listener,
-            Router::new().fallback(|| async { "ok" }),
-            ServerLimits::default(),
-            refusals(),
-            token.clone(),
-        ));
-        // An idle keep-alive connection must not hold the drain up.
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 64];
-        let _ = s.read(&mut buf).await.unwrap();
-        token.cancel();
-        tokio::time::timeout(Duration::from_secs(2), task)
-            .await
-            .expect("drained")
-            .unwrap();
-        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
-    }
-}
+mod tests;
