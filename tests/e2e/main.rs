@@ -7,6 +7,7 @@ mod configure;
 mod content;
 mod deploy;
 mod doctor;
+mod doctor_files;
 mod doctor_speed;
 mod faults;
 mod flood;
