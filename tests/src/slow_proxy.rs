@@ -4,7 +4,7 @@
 //! local service of the node alike; this slows one port.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc;
@@ -39,21 +39,8 @@ impl SlowProxy {
             .name("slow-proxy".into())
             .spawn(move || {
                 // Threads started from here share the namespace entered.
-                let bound = crate::token::enter(&netns).and_then(|()| {
-                    let l = TcpListener::bind(("127.0.0.1", port))
-                        .map_err(|e| format!("bind 127.0.0.1:{port}: {e}"))?;
-                    l.set_nonblocking(true).map_err(|e| e.to_string())?;
-                    Ok(l)
-                });
-                let listener = match bound {
-                    Ok(l) => {
-                        let _ = ready_tx.send(Ok(()));
-                        l
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
+                let Some(listener) = crate::token::listen_in(&netns, port, &ready_tx) else {
+                    return;
                 };
                 let active = Arc::new(AtomicU32::new(0));
                 while !stop2.load(Ordering::Relaxed) {

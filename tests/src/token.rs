@@ -119,21 +119,8 @@ impl BearerRegistry {
         let thread = std::thread::Builder::new()
             .name("token-service".into())
             .spawn(move || {
-                let bound = enter(&netns).and_then(|()| {
-                    let l = TcpListener::bind(("127.0.0.1", port))
-                        .map_err(|e| format!("bind 127.0.0.1:{port}: {e}"))?;
-                    l.set_nonblocking(true).map_err(|e| e.to_string())?;
-                    Ok(l)
-                });
-                let listener = match bound {
-                    Ok(l) => {
-                        let _ = ready_tx.send(Ok(()));
-                        l
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
+                let Some(listener) = listen_in(&netns, port, &ready_tx) else {
+                    return;
                 };
                 let svc = Service {
                     signer,
@@ -178,6 +165,23 @@ impl Drop for BearerRegistry {
             let _ = t.join();
         }
     }
+}
+
+/// Enters `netns` (this thread only) and binds a non-blocking listener on its loopback `port`;
+/// the outcome goes to `ready` too, so the starter knows when the port is open (or why not).
+pub(crate) fn listen_in(
+    netns: &str,
+    port: u16,
+    ready: &mpsc::SyncSender<Result<(), String>>,
+) -> Option<TcpListener> {
+    let bound = enter(netns).and_then(|()| {
+        let l = TcpListener::bind(("127.0.0.1", port))
+            .map_err(|e| format!("bind 127.0.0.1:{port}: {e}"))?;
+        l.set_nonblocking(true).map_err(|e| e.to_string())?;
+        Ok(l)
+    });
+    let _ = ready.send(bound.as_ref().map(|_| ()).map_err(Clone::clone));
+    bound.ok()
 }
 
 /// Moves the calling thread into the network namespace at `path`.
@@ -362,21 +366,8 @@ impl HangingListener {
         let thread = std::thread::Builder::new()
             .name("hanging-listener".into())
             .spawn(move || {
-                let bound = enter(&netns).and_then(|()| {
-                    let l = TcpListener::bind(("127.0.0.1", port))
-                        .map_err(|e| format!("bind 127.0.0.1:{port}: {e}"))?;
-                    l.set_nonblocking(true).map_err(|e| e.to_string())?;
-                    Ok(l)
-                });
-                let listener = match bound {
-                    Ok(l) => {
-                        let _ = ready_tx.send(Ok(()));
-                        l
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
+                let Some(listener) = listen_in(&netns, port, &ready_tx) else {
+                    return;
                 };
                 let mut held = std::collections::VecDeque::new();
                 while !stop2.load(Ordering::Relaxed) {

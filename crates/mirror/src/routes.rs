@@ -386,7 +386,7 @@ async fn blob(shared: &Arc<Shared>, ask: &Ask, repository: Repository, digest: D
         meta.size = bytes.len() as u64;
         return Ok((serve::buffered(&meta, ask.range, bytes)?, Source::Peer));
     }
-    if let Some(ingest) = streamable(shared, ask, opened.size) {
+    if let Some(ingest) = stream::ingest_for(shared, ask.range.is_none(), opened.size) {
         let w = serve::window(None, opened.size)?;
         let body = stream::start(f, digest.clone(), opened, ingest, slot)
             .await
@@ -425,20 +425,6 @@ async fn blob(shared: &Arc<Shared>, ask: &Ask, repository: Repository, digest: D
         .await
         .map_err(|e| not_spooled(e.into()))?;
     Ok((serve::streamed(&meta, w, body), Source::Peer))
-}
-
-/// Stream a large peer blob as it arrives ([`stream`]) when the local ingest can be aborted,
-/// the request is for the whole blob and one peer at a time serves it; otherwise it is spooled
-/// and verified whole first.
-fn streamable(
-    shared: &Shared,
-    ask: &Ask,
-    size: u64,
-) -> Option<Arc<dyn crate::source::IngestControl>> {
-    let cfg = &shared.cfg;
-    let multi = size > cfg.multi_peer_threshold && cfg.max_peers_per_blob > 1;
-    let ingest = shared.ingest.as_ref()?;
-    (ask.range.is_none() && !multi && ingest.available()).then(|| ingest.clone())
 }
 
 async fn local_blob(shared: &Arc<Shared>, ask: &Ask, digest: Digest, info: BlobInfo) -> Served {

@@ -46,6 +46,20 @@ use crate::pieces::{self, PieceList};
 use crate::source::{IngestControl, Provider};
 use crate::state::Shared;
 
+/// Whether a peer blob streams as it arrives, and through which ingest control: only when the
+/// local containerd ingest can be aborted, the request is for the `whole` blob and one peer at a
+/// time serves it (a multi-peer download is spooled and verified whole first).
+pub(crate) fn ingest_for(
+    shared: &Shared,
+    whole: bool,
+    size: u64,
+) -> Option<Arc<dyn IngestControl>> {
+    let cfg = &shared.cfg;
+    let multi = size > cfg.multi_peer_threshold && cfg.max_peers_per_blob > 1;
+    let ingest = shared.ingest.as_ref()?;
+    (whole && !multi && ingest.available()).then(|| ingest.clone())
+}
+
 /// Pieces queued between the fetch task and the client body.
 const QUEUE: usize = 2;
 /// Longest wait for a piece list before streaming without one.
