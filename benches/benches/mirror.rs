@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use shoal_benches::{cpu_seconds, rss_kib, with_peak_rss};
-use shoal_tests::{Node, Rig, TestImage};
+use shoal_tests::{Daemon, Node, Rig, TestImage};
 
 const RUNS: usize = 5;
 
@@ -70,6 +70,70 @@ fn timed_pull(node: &Node, reference: &str) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
+/// Waits (at most 5 min) for the holder's piece list file.
+fn wait_for(list: &std::path::Path, holder: &Daemon) {
+    let since = Instant::now();
+    while !list.exists() && since.elapsed() < Duration::from_secs(300) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(list.exists(), "no piece list\n{}", holder.log_tail());
+}
+
+/// `SHOAL_BENCH_PERF=<dir>`: instead of the figures, one warm-up transfer, then one 1 GiB
+/// transfer with `perf record` attached to each daemon (`<dir>/holder.data`,
+/// `<dir>/puller.data`), then three more with their CPU seconds printed.
+fn profile(dir: &std::path::Path, puller: &Node, d1: &Daemon, d2: &Daemon, url: &str, size: u64) {
+    std::fs::create_dir_all(dir).expect("perf output directory");
+    let once = || {
+        let (c2, c1) = (
+            cpu_seconds(d2.process().pid()),
+            cpu_seconds(d1.process().pid()),
+        );
+        let t = curl_timed(puller, &[url.to_owned()]);
+        assert_eq!(t[0].2, size, "full blob through Shoal");
+        let gib = size as f64 / (1u64 << 30) as f64;
+        println!(
+            "{:.2} s, CPU s/GiB puller {:.2} holder {:.2}",
+            t[0].0,
+            (cpu_seconds(d2.process().pid()) - c2) / gib,
+            (cpu_seconds(d1.process().pid()) - c1) / gib
+        );
+    };
+    once();
+    let record = |pid: u32, name: &str| {
+        std::process::Command::new("perf")
+            .args([
+                "record",
+                "-q",
+                "-F",
+                "1999",
+                "-g",
+                "-p",
+                &pid.to_string(),
+                "-o",
+            ])
+            .arg(dir.join(format!("{name}.data")))
+            .spawn()
+            .expect("perf record")
+    };
+    let perfs = [
+        record(d1.process().pid(), "holder"),
+        record(d2.process().pid(), "puller"),
+    ];
+    std::thread::sleep(Duration::from_millis(500));
+    once();
+    for mut p in perfs {
+        // SIGINT makes perf write its file and exit.
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &p.id().to_string()])
+            .status();
+        let _ = p.wait();
+    }
+    for _ in 0..3 {
+        once();
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; there are no options.
     let rig = Rig::builder().nodes(2).start();
@@ -111,22 +175,35 @@ fn main() {
     holder.pull(huge.reference()).unwrap();
     let (layer, size) = huge.layers()[0].clone();
     d2.wait_found(&huge, &layer);
-    // The holder computes the piece list once, in the background, when the blob appears.
+    // The holder computes the piece list once, in the background, when the blob appears: wait
+    // for that one, then remove it and have a peer's HEAD (through the puller) ask for it again,
+    // so its computation falls inside the measured window and nothing else runs on the holder.
     let list = holder
         .dir()
         .join("spool")
         .join("pieces")
         .join(format!("sha256-{}", layer.hex()));
+    wait_for(&list, &d1);
+    std::fs::remove_file(&list).expect("remove the piece list");
+    let via_shoal = d2.blob_url(&huge, &layer);
     let list_cpu_from = cpu_seconds(d1.process().pid());
-    let list_wait = Instant::now();
-    while !list.exists() && list_wait.elapsed() < Duration::from_secs(300) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(list.exists(), "no piece list\n{}", d1.log_tail());
+    let head = puller.exec(&["curl", "-sfI", "-o", "/dev/null", &via_shoal]);
+    assert!(head.status.success(), "HEAD through the puller");
+    wait_for(&list, &d1);
     let list_cpu = cpu_seconds(d1.process().pid()) - list_cpu_from;
 
+    if let Ok(dir) = std::env::var("SHOAL_BENCH_PERF") {
+        return profile(
+            std::path::Path::new(&dir),
+            puller,
+            &d1,
+            &d2,
+            &via_shoal,
+            size,
+        );
+    }
+
     // 2. 1 GiB blob: through Shoal (peer → peer) vs straight from the registry, alternating.
-    let via_shoal = d2.blob_url(&huge, &layer);
     let direct = format!(
         "{}/v2/{}/blobs/{layer}",
         rig.registry().url(),

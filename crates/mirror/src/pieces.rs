@@ -390,9 +390,13 @@ pub(crate) async fn serve_list(
     Ok((res, Source::Local))
 }
 
-/// SHA-256 of one piece.
-pub(crate) fn hash_piece(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
+/// SHA-256 of one piece held as consecutive chunks.
+pub(crate) fn hash_chunks(chunks: &[Bytes]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for c in chunks {
+        h.update(c);
+    }
+    h.finalize().into()
 }
 
 #[cfg(test)]

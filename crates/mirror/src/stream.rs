@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use http::Method;
 use shoal_oci::{Digest, Hasher};
@@ -66,6 +66,21 @@ const QUEUE: usize = 2;
 const LIST_WAIT: Duration = Duration::from_millis(500);
 /// Holders asked for a list.
 const LIST_TRIES: usize = 3;
+
+/// One piece as the chunks it arrived in from the peer connection (slices of the HTTP client's
+/// read buffers): gathering, hashing and sending it copies nothing.
+#[derive(Default)]
+struct Piece {
+    chunks: Vec<Bytes>,
+    len: u64,
+}
+
+impl Piece {
+    fn push(&mut self, chunk: Bytes) {
+        self.len += chunk.len() as u64;
+        self.chunks.push(chunk);
+    }
+}
 
 /// Where the piece list stands.
 enum List {
@@ -151,14 +166,21 @@ pub(crate) async fn start(
             Stop::ClientGone => GaveUp("client went away".into()),
         })?;
     };
-    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(QUEUE);
+    let (tx, rx) = mpsc::channel::<std::io::Result<Piece>>(QUEUE);
     tokio::spawn(async move {
         let _slot = slot;
         s.run(first_piece, count, tx).await;
     });
+    // A piece goes out as the chunks it arrived in: no copy on the way to the client.
     let body = futures::stream::unfold(rx, |mut rx| async move {
         let item = rx.recv().await?;
         Some((item, rx))
+    })
+    .flat_map(|item| {
+        futures::stream::iter(match item {
+            Ok(piece) => piece.chunks.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        })
     });
     Ok(Body::from_stream(body))
 }
@@ -166,7 +188,7 @@ pub(crate) async fn start(
 impl Streamer {
     /// Send piece 0 (already in hand) and every later piece, holding the last until the whole
     /// digest matched.
-    async fn run(&mut self, first: Bytes, count: u64, tx: mpsc::Sender<std::io::Result<Bytes>>) {
+    async fn run(&mut self, first: Piece, count: u64, tx: mpsc::Sender<std::io::Result<Piece>>) {
         let mut next = Some(first);
         for i in 0..count {
             let piece = match next.take() {
@@ -190,7 +212,7 @@ impl Streamer {
                     FetchEventKind::Verified { bytes: self.size },
                 );
             }
-            let len = piece.len() as u64;
+            let len = piece.len;
             if !matches!(self.list, List::Checked { .. }) {
                 self.unchecked_sent = true;
             }
@@ -236,7 +258,7 @@ impl Streamer {
 
     /// The blob failed before its end: repair the ingest when unchecked bytes went out, then
     /// end the body with an error (a normal close; containerd resumes elsewhere).
-    async fn stop(&mut self, stop: Stop, tx: &mpsc::Sender<std::io::Result<Bytes>>) {
+    async fn stop(&mut self, stop: Stop, tx: &mpsc::Sender<std::io::Result<Piece>>) {
         let why = match stop {
             Stop::NoPeer(why) => why,
             Stop::ClientGone => "the client went away".into(),
@@ -260,7 +282,7 @@ impl Streamer {
     }
 
     /// The whole digest did not match: the tail is never sent, the ingest is aborted.
-    async fn mismatch(&mut self, got: Option<Digest>, tx: &mpsc::Sender<std::io::Result<Bytes>>) {
+    async fn mismatch(&mut self, got: Option<Digest>, tx: &mpsc::Sender<std::io::Result<Piece>>) {
         let peers = match &self.list {
             // Every piece matched the list, so the list (and its holder) lied.
             List::Checked { holder, .. } => vec![holder.clone()],
@@ -308,7 +330,7 @@ impl Streamer {
     }
 
     /// Piece `i`, checked against the list when there is one, and added to the whole hash.
-    async fn piece(&mut self, i: u64) -> Result<Bytes, Stop> {
+    async fn piece(&mut self, i: u64) -> Result<Piece, Stop> {
         let start = i * self.piece_size;
         let len = (self.size - start).min(self.piece_size) as usize;
         self.misses = 0;
@@ -320,11 +342,13 @@ impl Streamer {
             };
             let whole = self.whole.take();
             let (ok, whole, bytes) = tokio::task::spawn_blocking(move || {
-                let ok = expected.is_none_or(|h| pieces::hash_piece(&bytes) == h);
+                let ok = expected.is_none_or(|h| pieces::hash_chunks(&bytes.chunks) == h);
                 let mut whole = whole;
                 if ok {
                     if let Some(w) = whole.as_mut() {
-                        w.update(&bytes);
+                        for c in &bytes.chunks {
+                            w.update(c);
+                        }
                     }
                 }
                 (ok, whole, bytes)
@@ -370,18 +394,18 @@ impl Streamer {
     }
 
     /// `len` bytes from `start`, from the current response and then the next providers.
-    async fn gather(&mut self, start: u64, len: usize) -> Result<Bytes, Stop> {
+    async fn gather(&mut self, start: u64, len: usize) -> Result<Piece, Stop> {
         let idle = self.shared.cfg.idle_timeout;
-        let mut buf = BytesMut::with_capacity(len);
+        let mut buf = Piece::default();
         loop {
             if !self.carry.is_empty() {
-                let n = self.carry.len().min(len - buf.len());
-                buf.extend_from_slice(&self.carry.split_to(n));
+                let n = self.carry.len().min(len - buf.len as usize);
+                buf.push(self.carry.split_to(n));
             }
-            if buf.len() == len {
-                return Ok(buf.freeze());
+            if buf.len as usize == len {
+                return Ok(buf);
             }
-            let offset = start + buf.len() as u64;
+            let offset = start + buf.len;
             let Some(cur) = self.current.as_mut() else {
                 self.reopen(offset).await?;
                 continue;
