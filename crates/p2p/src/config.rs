@@ -31,12 +31,13 @@ pub const DEFAULT_P2P_PORT: u16 = 5001;
 /// upkeep); RSS 11.3 MiB per node with 100 keys each. Larger clusters were limited by the
 /// harness, see there.
 ///
-/// - `reprovide_interval` = 6 h, `record_ttl` = 18 h. Background traffic per node (sent +
-///   received) is 2 x (bytes per publication) x (keys) / interval + idle upkeep (1.7 KiB/s).
-///   Bytes per publication measured: 33.2 KiB at 20 nodes; 89.9 KiB at 100 nodes (38.7 kad
-///   requests, debug build, harness short of CPU so some walks timed out and were retried: an
-///   upper bound). With 5,000 keys every 6 h that is 2 x 89.9 x 5,000 / 21,600 + 1.7 = 43.3 KiB/s
-///   (44 KB/s) at the 100-node cost, under the 50 KB/s budget; the old 10 min was ~1.5 MB/s.
+/// - `reprovide_interval` = 12 h, `record_ttl` = 36 h. Background traffic per node (sent +
+///   received) is 2 x (bytes per publication) x (keys) / interval + idle upkeep. Measured at 100
+///   nodes (debug build, every publication complete, docs/benchmarks.md): 168.6 KiB and 80.8 kad
+///   requests per publication (20 `ADD_PROVIDER`s, the rest the walk, connection set-up included),
+///   idle 7.8 KiB/s. With 5,000 keys every 12 h: 2 x 168.6 KiB x 5,000 / 43,200 s = 40 KB/s, plus
+///   8 KB/s idle = 48 KB/s, just under the 50 KB/s budget (6 h measured 88 KB/s; the old 10 min
+///   ~2.9 MB/s). Cheaper walks are the way to shorten the interval again.
 ///   Kad's walk grows with log N, so 300-1,000 nodes cost more per publication (not measured
 ///   yet, docs/benchmarks.md); `benches/p2p.rs` fails when this estimate passes 50 KB/s. A long interval is safe because records only guard *findability*: a new key is
 ///   published at once (not at the next round), and providers are only returned over a live
@@ -122,8 +123,8 @@ impl Default for Config {
             psk: None,
             bootstrap: Vec::new(),
             data_dir: None,
-            record_ttl: Duration::from_secs(18 * 3600),
-            reprovide_interval: Duration::from_secs(6 * 3600),
+            record_ttl: Duration::from_secs(36 * 3600),
+            reprovide_interval: Duration::from_secs(12 * 3600),
             dns_refresh: Duration::from_secs(30),
             query_timeout: Duration::from_secs(5),
             dial_timeout: Duration::from_secs(5),
@@ -352,7 +353,7 @@ mod tests {
     fn default_config_is_valid_and_checked() {
         Config::default().validate().unwrap();
         let c = Config {
-            reprovide_interval: Duration::from_secs(18 * 3600),
+            reprovide_interval: Duration::from_secs(36 * 3600),
             ..Config::default()
         };
         assert!(

@@ -70,12 +70,12 @@ pub struct Args {
 
     /// Lifetime of DHT provider records (peers are only used over a live connection, so a
     /// departed node is never yielded; the TTL bounds how long a removed blob is still listed).
-    #[arg(long, env = "SHOAL_P2P_RECORD_TTL", default_value = "18h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SHOAL_P2P_RECORD_TTL", default_value = "36h", value_parser = humantime::parse_duration)]
     pub p2p_record_ttl: Duration,
 
     /// How often provider records are re-published (below the TTL; new blobs are published at
     /// once). Sized for <= 50 KB/s of DHT traffic per node with 5,000 blobs.
-    #[arg(long, env = "SHOAL_P2P_REPROVIDE_INTERVAL", default_value = "6h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SHOAL_P2P_REPROVIDE_INTERVAL", default_value = "12h", value_parser = humantime::parse_duration)]
     pub p2p_reprovide_interval: Duration,
 
     /// Unix socket of the admin API used by `shoal status|peers|find|explain` (mode 0600).
