@@ -37,7 +37,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use shoal_p2p::{Handle, Key, Traffic};
+use shoal_p2p::{Config, Handle, Key, Traffic};
 
 use cluster::Cluster;
 use measure::{CpuMeter, Lag, quantiles, rss_mib};
@@ -47,6 +47,10 @@ const LATENCY_SAMPLES: usize = 300;
 const FINDABLE_SAMPLES: usize = 40;
 const PER_NODE_LOOKUPS: usize = 5;
 const CHECK_CONCURRENCY: usize = 32;
+/// Keys per node of the sizing case (`Config` docs), for the background-traffic figure.
+const SIZING_KEYS: usize = 5_000;
+/// Background traffic target per node, KB/s (sent + received).
+const BACKGROUND_BUDGET: f64 = 50.0;
 
 /// Time to the first provider, and whether there was one.
 async fn lookup(h: &Handle, k: &Key) -> (Duration, bool) {
@@ -74,6 +78,8 @@ struct Run {
     tag: u64,
     /// Length of the idle-traffic window.
     idle: Duration,
+    /// Re-publication traffic of the sizing case, KB/s per node (from the publication round).
+    republish_kbs: f64,
 }
 
 impl Run {
@@ -97,8 +103,21 @@ impl Run {
             t.bytes_received += s.bytes_received;
             t.bytes_sent += s.bytes_sent;
             t.kad_requests_received += s.kad_requests_received;
+            t.add_providers_received += s.add_providers_received;
         }
         t
+    }
+
+    /// Connections per live node (mean, max) and the process's open descriptors.
+    async fn connections(&self) -> (f64, usize, usize) {
+        let live = self.cluster.live();
+        let mut counts = Vec::new();
+        for &i in &live {
+            counts.push(self.handle(i).status().await.unwrap().peers.len());
+        }
+        let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+        let mean = counts.iter().sum::<usize>() as f64 / counts.len().max(1) as f64;
+        (mean, counts.into_iter().max().unwrap_or(0), fds)
     }
 
     /// Every key held by a live node from some live node, and some from every live node.
@@ -243,6 +262,9 @@ fn minus(a: Traffic, b: Traffic) -> Traffic {
         kad_requests_received: a
             .kad_requests_received
             .saturating_sub(b.kad_requests_received),
+        add_providers_received: a
+            .add_providers_received
+            .saturating_sub(b.add_providers_received),
     }
 }
 
@@ -262,6 +284,7 @@ async fn run(n: usize, keys: usize, churn: usize, idle_window: Duration) -> Vec<
         failures: Vec::new(),
         tag: (1 << 40) | n as u64,
         idle: idle_window,
+        republish_kbs: 0.0,
     };
     let distinct = holders(r.cluster.members.iter().map(|m| &m.keys)).len();
     println!("\n## {n} nodes, {keys} keys per node ({distinct} distinct), {churn}% churn\n");
@@ -297,17 +320,33 @@ async fn run(n: usize, keys: usize, churn: usize, idle_window: Duration) -> Vec<
     if let Err(e) = r.cluster.wait_published(Duration::from_secs(1800)).await {
         r.failures.push(e);
     }
-    tokio::time::sleep(Duration::from_secs(2)).await; // the last in-flight publications
     let secs = t.elapsed().as_secs_f64();
     let round = minus(r.traffic().await, before);
     let pubs = (n * keys) as f64;
+    let per_pub = (round.bytes_sent + round.bytes_received) as f64 / 2.0 / pubs / 1024.0;
     println!(
         "  publication round: {pubs} publications in {secs:.1} s, {:.2} cores, lag p99 {:.1} ms; \
-         per publication {:.1} KiB on the wire and {:.1} kad requests (cluster totals / publications)",
+         per publication {per_pub:.1} KiB on the wire, {:.1} kad requests of which {:.1} \
+         ADD_PROVIDER (cluster totals / publications)",
         cpu.cores(),
         r.lag.take_p99(),
-        (round.bytes_sent + round.bytes_received) as f64 / 2.0 / pubs / 1024.0,
-        round.kad_requests_received as f64 / pubs
+        round.kad_requests_received as f64 / pubs,
+        round.add_providers_received as f64 / pubs,
+    );
+    // The sizing case: SIZING_KEYS keys per node, each re-published every `reprovide_interval`.
+    // Every byte is sent by one node and received by another, so a node's sent + received is
+    // twice the bytes of the publications it makes.
+    let interval = Config::default().reprovide_interval.as_secs_f64();
+    let sizing = 2.0 * per_pub * 1024.0 * SIZING_KEYS as f64 / interval;
+    println!(
+        "  re-publication of {SIZING_KEYS} keys per node every {interval:.0} s at this cost: \
+         {:.1} KB/s per node (sent + received; target <= {BACKGROUND_BUDGET} KB/s)",
+        sizing / 1000.0
+    );
+    r.republish_kbs = sizing / 1000.0;
+    let (mean, max, fds) = r.connections().await;
+    println!(
+        "  connections per node after publication: mean {mean:.0}, max {max}; process open files {fds}"
     );
     let rss = (rss_mib() - rss0) / n as f64;
 
@@ -413,9 +452,17 @@ async fn idle(r: &mut Run, n: usize, what: &str) {
     let before = r.traffic().await;
     tokio::time::sleep(r.idle).await;
     let (kib, msgs) = per_node_rate(minus(r.traffic().await, before), n, r.idle.as_secs_f64());
+    let total = kib * 1.024 + r.republish_kbs;
     println!(
-        "  idle traffic {what}: {kib:.2} KiB/s (sent + received) and {msgs:.2} kad requests/s received per node"
+        "  idle traffic {what}: {kib:.2} KiB/s (sent + received) and {msgs:.2} kad requests/s \
+         received per node; background with {SIZING_KEYS} keys (idle + re-publication): \
+         {total:.1} KB/s per node (target <= {BACKGROUND_BUDGET})"
     );
+    if total > BACKGROUND_BUDGET {
+        r.failures.push(format!(
+            "{what}: background traffic {total:.1} KB/s per node over {BACKGROUND_BUDGET} KB/s"
+        ));
+    }
 }
 
 fn main() {

@@ -31,15 +31,23 @@ pub const DEFAULT_P2P_PORT: u16 = 5001;
 /// upkeep); RSS 11.3 MiB per node with 100 keys each. Larger clusters were limited by the
 /// harness, see there.
 ///
-/// - `reprovide_interval` = 10 min, `record_ttl` = 30 min. From the figure above, 5,000 keys
-///   every 10 min is 8.3 publications/s, about 550 KiB/s sent + received per node: well over the
-///   50 KB/s budget of the sizing case. Meeting it takes `--p2p-reprovide-interval` >= 2 h (with
-///   a TTL of 3x that) at that key count, or publications that share one walk per region of the
-///   key space (not done). The TTL is 3x the interval so a record survives two lost
-///   publications (a restart, a busy node); it bounds how long a withdrawn (garbage-collected)
-///   key is still answered by other nodes. A departed node is not affected by the TTL: providers
-///   are only returned once this node holds a live connection to them (see the crate docs), so
-///   a dead node stops being returned as soon as its connection drops or a dial to it fails.
+/// - `reprovide_interval` = 12 h, `record_ttl` = 36 h. Background traffic per node (sent +
+///   received) is 2 x (bytes per publication) x (keys) / interval + idle upkeep. Measured at 100
+///   nodes (debug build, every publication complete, docs/benchmarks.md): 168.6 KiB and 80.8 kad
+///   requests per publication (20 `ADD_PROVIDER`s, the rest the walk, connection set-up included),
+///   idle 7.8 KiB/s. With 5,000 keys every 12 h: 2 x 168.6 KiB x 5,000 / 43,200 s = 40 KB/s, plus
+///   8 KB/s idle = 48 KB/s, just under the 50 KB/s budget (6 h measured 88 KB/s; the old 10 min
+///   ~2.9 MB/s). Cheaper walks are the way to shorten the interval again.
+///   Kad's walk grows with log N, so 300-1,000 nodes cost more per publication (not measured
+///   yet, docs/benchmarks.md); `benches/p2p.rs` fails when this estimate passes 50 KB/s. A long interval is safe because records only guard *findability*: a new key is
+///   published at once (not at the next round), and providers are only returned over a live
+///   connection (see the crate docs), so a departed node is never yielded whatever the TTL. What
+///   re-publication repairs is record loss: a key's 20 storing nodes all leaving, or nodes that
+///   joined closer to the key than its holders (lookups walk past the older holders, which still
+///   answer). Re-publications are spread over the first half of the interval (`publish`). The
+///   TTL is 3x the interval so a record survives two lost publications (a restart, a busy node);
+///   it bounds how long a withdrawn (garbage-collected) key is still answered by other nodes for
+///   a live node, which then answers the blob request with a miss and the pull moves on.
 ///   Publications get 60 s to finish (lookups keep `query_timeout`): kad sends `ADD_PROVIDER`
 ///   only once its walk is complete, and a publication that timed out is queued again.
 /// - `publish_concurrency` = 32 publications in flight: 5,000 keys take ~5,000 / 32 x ~30 ms
@@ -115,8 +123,8 @@ impl Default for Config {
             psk: None,
             bootstrap: Vec::new(),
             data_dir: None,
-            record_ttl: Duration::from_secs(30 * 60),
-            reprovide_interval: Duration::from_secs(10 * 60),
+            record_ttl: Duration::from_secs(36 * 3600),
+            reprovide_interval: Duration::from_secs(12 * 3600),
             dns_refresh: Duration::from_secs(30),
             query_timeout: Duration::from_secs(5),
             dial_timeout: Duration::from_secs(5),
@@ -345,7 +353,7 @@ mod tests {
     fn default_config_is_valid_and_checked() {
         Config::default().validate().unwrap();
         let c = Config {
-            reprovide_interval: Duration::from_secs(3600),
+            reprovide_interval: Duration::from_secs(36 * 3600),
             ..Config::default()
         };
         assert!(

@@ -64,7 +64,8 @@ impl Node {
                     self.publish_after_first_peer();
                 }
                 kad::Event::InboundRequest { request } => {
-                    self.traffic.kad_request();
+                    self.traffic
+                        .kad_request(matches!(request, kad::InboundRequest::AddProvider { .. }));
                     if let kad::InboundRequest::AddProvider {
                         record: Some(record),
                     } = request

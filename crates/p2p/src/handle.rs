@@ -51,7 +51,8 @@ pub struct Status {
     pub peers: Vec<PeerInfo>,
     pub routing_table_size: usize,
     pub provided_keys: usize,
-    /// Publications waiting for a free slot (new keys and re-publications).
+    /// Publications not finished: waiting for a free slot or in flight (new keys and
+    /// re-publications).
     pub pending_publications: usize,
     /// What this node exchanged with other nodes since it started.
     pub traffic: Traffic,

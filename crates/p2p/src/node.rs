@@ -173,7 +173,7 @@ impl Node {
                     self.expire_finds(Instant::now());
                     self.close_silent(Instant::now());
                 }
-                _ = reprovide.tick() => self.publish.schedule_republish(),
+                _ = reprovide.tick() => self.republish_round(),
                 _ = redial.tick() => self.redial_static(),
             }
             self.pump_publications();

@@ -5,8 +5,15 @@
 //! first, then re-publications, so a burst of 10,000 keys never starves lookups or delays a key
 //! that was just pulled. Re-publication is driven here rather than by kad's built-in job so that
 //! it is paced the same way and never republishes a withdrawn key.
+//!
+//! Re-publications are also spread over the first half of `reprovide_interval` (a token rate of
+//! queued keys / half the interval) instead of leaving in one burst: 5,000 keys at once were
+//! ~150 MB of cluster traffic within seconds every interval; spread out, a node's background
+//! traffic is the average the sizing comment on `Config` budgets, and lookups never queue
+//! behind a re-publication burst.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use libp2p::kad::store::RecordStore;
 use libp2p::kad::{ProviderRecord, QueryId, RecordKey};
@@ -24,6 +31,10 @@ pub(crate) struct Publisher {
     inflight: HashMap<QueryId, RecordKey>,
     /// A publication completed while we knew no peer: publish everything again on the first.
     published_alone: bool,
+    /// Re-publications that may start now, refilled at `again_rate` per second.
+    again_tokens: f64,
+    again_rate: f64,
+    refilled: Option<Instant>,
 }
 
 impl Publisher {
@@ -31,16 +42,36 @@ impl Publisher {
         self.provided.len()
     }
 
+    /// Publications not finished: queued or in flight.
     pub fn pending_len(&self) -> usize {
-        self.queued.len()
+        self.queued.len() + self.inflight.len()
     }
 
-    /// Queues every provided key for re-publication (each at most once).
-    pub fn schedule_republish(&mut self) {
+    /// Queues every provided key for re-publication (each at most once), to be spread over
+    /// `spread`.
+    pub fn schedule_republish(&mut self, spread: Duration) {
         for k in &self.provided {
             if self.queued.insert(k.clone()) {
                 self.again.push_back(k.clone());
             }
+        }
+        self.again_rate = self.again.len() as f64 / spread.as_secs_f64().max(1.0);
+    }
+
+    /// Takes one re-publication token if one is available at `now`.
+    fn take_again_token(&mut self, now: Instant, burst: usize) -> bool {
+        let elapsed = self
+            .refilled
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        self.refilled = Some(now);
+        // At least one per second, so retries after timeouts are never starved.
+        let rate = self.again_rate.max(1.0);
+        self.again_tokens = (self.again_tokens + elapsed.as_secs_f64() * rate).min(burst as f64);
+        if self.again_tokens >= 1.0 {
+            self.again_tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 }
@@ -108,16 +139,24 @@ impl Node {
         n
     }
 
-    /// Starts publications while there is room. Called after every loop iteration.
+    /// Starts publications while there is room (re-publications at their paced rate). Called
+    /// after every loop iteration, which runs at least every 100 ms (housekeeping).
     pub(crate) fn pump_publications(&mut self) {
+        let now = Instant::now();
         while self.publish.inflight.len() < self.cfg.publish_concurrency {
-            let Some(k) = self
-                .publish
-                .fresh
-                .pop_front()
-                .or_else(|| self.publish.again.pop_front())
-            else {
-                return;
+            let k = match self.publish.fresh.pop_front() {
+                Some(k) => k,
+                None if self.publish.again.is_empty() => return,
+                None if self
+                    .publish
+                    .take_again_token(now, self.cfg.publish_concurrency) =>
+                {
+                    match self.publish.again.pop_front() {
+                        Some(k) => k,
+                        None => return,
+                    }
+                }
+                None => return,
             };
             if !self.publish.provided.contains(&k) || !self.publish.queued.remove(&k) {
                 continue; // withdrawn while queued
@@ -150,7 +189,41 @@ impl Node {
     pub(crate) fn publish_after_first_peer(&mut self) {
         if std::mem::take(&mut self.publish.published_alone) {
             tracing::debug!("first peer joined; publishing all keys again");
-            self.publish.schedule_republish();
+            // Not paced: these keys were published nowhere yet.
+            let p = &mut self.publish;
+            for k in &p.provided {
+                if p.queued.insert(k.clone()) {
+                    p.fresh.push_back(k.clone());
+                }
+            }
         }
+    }
+
+    /// The re-publication round every `reprovide_interval`, spread over half of it.
+    pub(crate) fn republish_round(&mut self) {
+        self.publish
+            .schedule_republish(self.cfg.reprovide_interval / 2);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn republications_are_spread_over_the_given_time() {
+        let mut p = Publisher::default();
+        for i in 0..100u32 {
+            p.provided.insert(RecordKey::new(&i.to_be_bytes()));
+        }
+        p.schedule_republish(Duration::from_secs(10)); // 10 per second
+        let t0 = Instant::now();
+        let taken = |p: &mut Publisher, at: Instant| {
+            (0..1000).filter(|_| p.take_again_token(at, 32)).count()
+        };
+        assert_eq!(taken(&mut p, t0), 0, "no burst at the start of a round");
+        assert_eq!(taken(&mut p, t0 + Duration::from_secs(1)), 10);
+        // After a long pause the burst is capped at the concurrency.
+        assert_eq!(taken(&mut p, t0 + Duration::from_secs(60)), 32);
     }
 }

@@ -16,6 +16,8 @@ pub struct Traffic {
     pub bytes_sent: u64,
     /// Kademlia requests from other nodes (find-node, get-providers, add-provider, ...).
     pub kad_requests_received: u64,
+    /// Of those, `ADD_PROVIDER`s: what publication costs beyond its closest-peers walk.
+    pub add_providers_received: u64,
 }
 
 #[derive(Debug, Default)]
@@ -23,11 +25,15 @@ pub(crate) struct Counters {
     received: AtomicU64,
     sent: AtomicU64,
     kad_requests: AtomicU64,
+    add_providers: AtomicU64,
 }
 
 impl Counters {
-    pub fn kad_request(&self) {
+    pub fn kad_request(&self, add_provider: bool) {
         self.kad_requests.fetch_add(1, Ordering::Relaxed);
+        if add_provider {
+            self.add_providers.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn snapshot(&self) -> Traffic {
@@ -35,6 +41,7 @@ impl Counters {
             bytes_received: self.received.load(Ordering::Relaxed),
             bytes_sent: self.sent.load(Ordering::Relaxed),
             kad_requests_received: self.kad_requests.load(Ordering::Relaxed),
+            add_providers_received: self.add_providers.load(Ordering::Relaxed),
         }
     }
 }
@@ -102,13 +109,15 @@ mod tests {
         };
         let mut buf = Vec::new();
         r.read_to_end(&mut buf).await.unwrap();
-        counters.kad_request();
+        counters.kad_request(false);
+        counters.kad_request(true);
         assert_eq!(
             counters.snapshot(),
             Traffic {
                 bytes_received: 3,
                 bytes_sent: 5,
-                kad_requests_received: 1
+                kad_requests_received: 2,
+                add_providers_received: 1,
             }
         );
     }
