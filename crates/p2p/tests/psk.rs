@@ -40,11 +40,15 @@ async fn different_psk_never_connects() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     for o in &outsiders {
+        // Bootstrap ends and finds nobody: a lone node becomes ready. Under load the refused
+        // handshake can take longer than the sleep above, hence a bounded wait.
+        wait_until(Duration::from_secs(10), "outsider ready alone", || async {
+            o.handle.status().await.unwrap().ready
+        })
+        .await;
         let st = o.handle.status().await.unwrap();
         assert!(st.peers.is_empty(), "outsider connected: {:?}", st.peers);
         assert_eq!(st.routing_table_size, 0);
-        // Bootstrap is over and found nobody: a lone node is ready.
-        assert!(st.ready, "{}", st.ready_reason);
         assert!(find_all(&o.handle, &wanted).await.is_empty());
     }
     let outsider_ids: Vec<_> = outsiders.iter().map(|o| o.handle.peer_id()).collect();
