@@ -18,4 +18,5 @@ mod p2p;
 mod rig;
 mod security;
 mod slow;
+mod slow_link;
 mod stream;
