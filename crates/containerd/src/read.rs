@@ -17,7 +17,7 @@
 //!   blocking pool at about 512 slow readers, and then every request waited.)
 //! * **at most one chunk** of memory: nothing is read ahead. The chunk size follows what the
 //!   consumer has taken ([`chunk_len`]): [`MIN_CHUNK`] at first, growing to [`MAX_CHUNK`] after
-//!   a few MiB. A reader that stalls early (a slow client stalls as soon as the kernel's
+//!   a few MiB (chunks above 256 KiB from a process-wide budget of 64). A reader that stalls early (a slow client stalls as soon as the kernel's
 //!   socket buffers are full, a few hundred KiB) keeps holding a small chunk; a fast one gets
 //!   large chunks and few hand-offs.
 //! * on the disk path, **one open file**; on the API path, one short gRPC stream per chunk
@@ -39,6 +39,7 @@ use containerd_client::services::v1::ReadContentRequest;
 use futures::{Stream, StreamExt};
 use shoal_oci::Digest;
 use tokio::io::AsyncSeekExt;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tonic::Code;
 
 use crate::client::ContentSource;
@@ -51,6 +52,52 @@ pub const MIN_CHUNK: usize = 16 * 1024;
 /// and two context switches, most of the holder's CPU besides the copies at 256 KiB): a reader
 /// that has taken 16 MiB is fast, and 1 MiB chunks cut its hand-offs to one per MiB.
 pub const MAX_CHUNK: usize = 1024 * 1024;
+/// Chunks up to this size are always allowed; larger ones need a [`LARGE_CHUNKS`] permit.
+const SMALL_MAX: usize = 256 * 1024;
+/// Chunks larger than [`SMALL_MAX`] alive at once in this process (64 x 1 MiB): a reader that
+/// was fast and then stopped keeps the chunk it stopped on, so without this bound every request
+/// slot could hold 1 MiB. Past it, reads fall back to [`SMALL_MAX`] chunks.
+const LARGE_CHUNK_BUDGET: usize = 64;
+static LARGE_CHUNKS: Semaphore = Semaphore::const_new(LARGE_CHUNK_BUDGET);
+
+/// The chunk size a read may use for a wanted `n`, with the permit that a large chunk holds
+/// until its bytes are dropped (written to the socket, or the reader gone).
+fn budget(n: usize) -> (usize, Option<SemaphorePermit<'static>>) {
+    if n <= SMALL_MAX {
+        return (n, None);
+    }
+    match LARGE_CHUNKS.try_acquire() {
+        Ok(permit) => (n, Some(permit)),
+        Err(_) => (SMALL_MAX, None),
+    }
+}
+
+/// A chunk's bytes with the [`LARGE_CHUNKS`] permit they hold, released when the last
+/// [`Bytes`] referring to them is dropped.
+struct Held<T> {
+    bytes: T,
+    _permit: SemaphorePermit<'static>,
+}
+
+impl<T: AsRef<[u8]>> AsRef<[u8]> for Held<T> {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes.as_ref()
+    }
+}
+
+fn hold<T>(bytes: T, permit: Option<SemaphorePermit<'static>>) -> Bytes
+where
+    T: AsRef<[u8]> + Send + 'static,
+    Bytes: From<T>,
+{
+    match permit {
+        Some(permit) => Bytes::from_owner(Held {
+            bytes,
+            _permit: permit,
+        }),
+        None => Bytes::from(bytes),
+    }
+}
 
 /// The bytes of a blob, as a fallible stream.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, Error>> + Send>>;
@@ -217,6 +264,7 @@ impl ContentSource {
             cursor,
             move |mut c| async move {
                 let (_, n) = c.next(offset)?;
+                let (n, permit) = budget(n);
                 let (file, path) = c.source.clone();
                 // One blocking call per chunk; the file's position moves with it (one chunk at
                 // a time, so reads never overlap).
@@ -236,7 +284,7 @@ impl ContentSource {
                 match read {
                     Ok(buf) => {
                         c.pos += n as u64;
-                        Some((Ok(Bytes::from(buf)), c))
+                        Some((Ok(hold(buf, permit)), c))
                     }
                     Err(error) => {
                         let err = Error::Io {
@@ -261,6 +309,7 @@ impl ContentSource {
         };
         Box::pin(futures::stream::unfold(cursor, move |mut c| async move {
             let (at, n) = c.next(offset)?;
+            let (n, permit) = budget(n);
             let (src, digest) = &c.source;
             let read = src.read_window(digest, at, n).await;
             match read {
@@ -268,7 +317,7 @@ impl ContentSource {
                 Ok(chunk) if chunk.is_empty() => None,
                 Ok(chunk) => {
                     c.pos += chunk.len() as u64;
-                    Some((Ok(chunk), c))
+                    Some((Ok(hold(chunk, permit)), c))
                 }
                 Err(e) => {
                     c.pos = c.end;
@@ -352,6 +401,27 @@ fn checked_len(inner: ByteStream, digest: Digest, expected: u64) -> ByteStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_chunks_are_budgeted_and_the_budget_comes_back_with_the_bytes() {
+        let small = budget(SMALL_MAX);
+        assert!(small.1.is_none());
+        let mut held = Vec::new();
+        for _ in 0..LARGE_CHUNK_BUDGET {
+            let (n, permit) = budget(MAX_CHUNK);
+            assert_eq!(n, MAX_CHUNK);
+            held.push(hold(vec![0u8; 4], permit));
+        }
+        // Budget spent: the next read gets a small chunk and no permit.
+        let (n, permit) = budget(MAX_CHUNK);
+        assert_eq!((n, permit.is_none()), (SMALL_MAX, true));
+        // A slice of a chunk keeps its permit; dropping every reference returns it.
+        let slice = held[0].slice(1..3);
+        held.clear();
+        assert_eq!(LARGE_CHUNKS.available_permits(), LARGE_CHUNK_BUDGET - 1);
+        drop(slice);
+        assert_eq!(LARGE_CHUNKS.available_permits(), LARGE_CHUNK_BUDGET);
+    }
 
     #[test]
     fn chunks_grow_with_what_was_taken_and_stop_at_the_end() {
