@@ -4,7 +4,8 @@
 //! For each N in `SHOAL_BENCH_NODES` (default `20,50`), with `SHOAL_BENCH_KEYS` keys per node
 //! (default 100) and `SHOAL_BENCH_CHURN` percent churn (default 10):
 //! 1. start the nodes (each bootstraps from a DNS name answering a few live nodes), provide
-//!    every node's keys, wait until every publication is done;
+//!    every node's keys, `SHOAL_BENCH_PUBLISH_BATCH` nodes at a time (default 10), wait until
+//!    every publication is done and its `ADD_PROVIDER`s have arrived;
 //! 2. check: every distinct key held by a live node is looked up from a random live node, and
 //!    every live node looks up `PER_NODE_LOOKUPS` random held keys; each must yield a provider;
 //! 3. measure (sequentially, one lookup at a time): first provider, absent key, provide ->
@@ -12,6 +13,8 @@
 //! 4. churn: `SHOAL_BENCH_CHURN`% of nodes go; half come back with their identity and keys
 //!    (restart), half are replaced by new nodes with new keys; time until each is ready and a
 //!    key only it holds is findable; then 2 and 3 again.
+//!
+//! `SHOAL_BENCH_IDLE_SECS` (default 20) is the idle-traffic window (see `idle`).
 //!
 //! Exits non-zero if any lookup of a key held by a live node found nobody, or a target is
 //! missed (absent-key p99 <= 20 ms, provide -> findable p99 <= 1 s). Loopback only (127.10/16,
@@ -23,8 +26,11 @@
 //! differs from separate hosts: every node shares 2 cores and one tokio runtime with all others
 //! (CPU time and timer lateness are reported per phase: when `cores` approaches the machine's
 //! and lag grows, latencies are the harness's); loopback has no latency or loss; one process
-//! holds both ends of every connection (its file limit is raised); RSS is the process's total
-//! divided by N; nodes leave gracefully (connections close) rather than vanish.
+//! holds both ends of every connection, and every node ends up connected to every other, so N
+//! nodes need ~N² descriptors where a real node needs N: the harness raises its open-file limit
+//! if it may, and runs at most the nodes that fit under it (`measure::nodes_that_fit`, printed;
+//! 121 under this container's fixed 20,000); RSS is the process's total divided by N; nodes
+//! leave gracefully (connections close) rather than vanish.
 
 #[path = "p2p/cluster.rs"]
 mod cluster;
@@ -106,6 +112,22 @@ impl Run {
             t.add_providers_received += s.add_providers_received;
         }
         t
+    }
+
+    /// Waits (at most 60 s) until no `ADD_PROVIDER` arrived anywhere for 1 s. Kad reports a
+    /// publication done once its `ADD_PROVIDER`s are *queued* on the connections (the protocol
+    /// has no answer to them), so "no publication pending" is not "every record stored".
+    async fn wait_delivered(&self) {
+        let t = Instant::now();
+        let mut last = self.traffic().await.add_providers_received;
+        while t.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = self.traffic().await.add_providers_received;
+            if now == last {
+                return;
+            }
+            last = now;
+        }
     }
 
     /// Connections per live node (mean, max) and the process's open descriptors.
@@ -198,6 +220,9 @@ impl Run {
                     .push(format!("{what}: held key {k} not found"));
             }
         }
+        // What one absent-key lookup costs: kad requests, and CPU of the whole process (both
+        // ends of every request run here), to tell a CPU-bound harness from a long walk.
+        let (before, cpu_absent) = (self.traffic().await, measure::cpu_time());
         for i in 0..LATENCY_SAMPLES {
             let f = live[self.rng.below(live.len())];
             let k = key(self.tag, u64::MAX, i as u64);
@@ -205,6 +230,18 @@ impl Run {
             assert!(!found, "absent key found");
             absent.push(d);
         }
+        let requests = minus(self.traffic().await, before).kad_requests_received;
+        let cpu_ms = match (cpu_absent, measure::cpu_time()) {
+            (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64() * 1e3,
+            _ => f64::NAN,
+        };
+        let absent_cost = format!(
+            "  absent-key lookup ({what}): {:.1} kad requests and {:.1} ms of process CPU each \
+             (both ends in this process), {:.1} ms of wall time each",
+            requests as f64 / LATENCY_SAMPLES as f64,
+            cpu_ms / LATENCY_SAMPLES as f64,
+            absent.iter().map(Duration::as_secs_f64).sum::<f64>() * 1e3 / LATENCY_SAMPLES as f64,
+        );
         self.tag += 1;
         for i in 0..FINDABLE_SAMPLES {
             let k = key(self.tag, u64::MAX - 1, i as u64);
@@ -243,6 +280,7 @@ impl Run {
                     .push(format!("{what}: {name} p99 {p99:.1} ms over {t} ms"));
             }
         }
+        println!("\n{absent_cost}");
     }
 }
 
@@ -268,7 +306,13 @@ fn minus(a: Traffic, b: Traffic) -> Traffic {
     }
 }
 
-async fn run(n: usize, keys: usize, churn: usize, idle_window: Duration) -> Vec<String> {
+async fn run(
+    n: usize,
+    keys: usize,
+    churn: usize,
+    batch: usize,
+    idle_window: Duration,
+) -> Vec<String> {
     let seed = 0x5eed_1234_abcd_9876;
     let rss0 = rss_mib();
     let catalogue = (n * keys / 25).max(50);
@@ -287,7 +331,10 @@ async fn run(n: usize, keys: usize, churn: usize, idle_window: Duration) -> Vec<
         republish_kbs: 0.0,
     };
     let distinct = holders(r.cluster.members.iter().map(|m| &m.keys)).len();
-    println!("\n## {n} nodes, {keys} keys per node ({distinct} distinct), {churn}% churn\n");
+    println!(
+        "\n## {n} nodes, {keys} keys per node ({distinct} distinct), {churn}% churn, \
+         publication round {batch} nodes at a time\n"
+    );
 
     // Start: all nodes, then wait for every one to be ready.
     let cpu = CpuMeter::start();
@@ -313,13 +360,19 @@ async fn run(n: usize, keys: usize, churn: usize, idle_window: Duration) -> Vec<
     let before = r.traffic().await;
     let cpu = CpuMeter::start();
     let t = Instant::now();
-    for i in 0..n {
-        let ks: Vec<Key> = r.cluster.members[i].keys.iter().cloned().collect();
-        r.handle(i).provide(ks).await.unwrap();
+    // In batches of `batch` nodes: all N at once put N nodes' publication work on this
+    // process's 2 cores (each real node has its own), and the starved runtime then drops
+    // ADD_PROVIDERs (see `wait_delivered`); the lag printed says whether a batch still starves.
+    for start in (0..n).step_by(batch) {
+        for i in start..(start + batch).min(n) {
+            let ks: Vec<Key> = r.cluster.members[i].keys.iter().cloned().collect();
+            r.handle(i).provide(ks).await.unwrap();
+        }
+        if let Err(e) = r.cluster.wait_published(Duration::from_secs(1800)).await {
+            r.failures.push(e);
+        }
     }
-    if let Err(e) = r.cluster.wait_published(Duration::from_secs(1800)).await {
-        r.failures.push(e);
-    }
+    r.wait_delivered().await;
     let secs = t.elapsed().as_secs_f64();
     let round = minus(r.traffic().await, before);
     let pubs = (n * keys) as f64;
@@ -431,6 +484,7 @@ async fn run(n: usize, keys: usize, churn: usize, idle_window: Duration) -> Vec<
     if let Err(e) = r.cluster.wait_published(Duration::from_secs(600)).await {
         r.failures.push(e);
     }
+    r.wait_delivered().await;
     r.check("after churn").await;
     println!(
         "\n| state         | measure              | samples | p50 (ms) | p99 (ms) | max (ms) | cores | lag p99 |"
@@ -447,16 +501,22 @@ async fn run(n: usize, keys: usize, churn: usize, idle_window: Duration) -> Vec<
     r.failures
 }
 
-/// Background traffic with no lookups or new keys: pings, identify, routing upkeep.
+/// Background traffic with no lookups or new keys: pings, identify, routing upkeep. Kad also
+/// refreshes its routing table every 5 min (a walk per bucket; nodes started together do it
+/// together): a window shorter than that (`SHOAL_BENCH_IDLE_SECS`, default 20) misses it or
+/// catches it whole; 300 s gives the average.
 async fn idle(r: &mut Run, n: usize, what: &str) {
     let before = r.traffic().await;
+    let cpu = CpuMeter::start();
     tokio::time::sleep(r.idle).await;
+    let cores = cpu.cores();
     let (kib, msgs) = per_node_rate(minus(r.traffic().await, before), n, r.idle.as_secs_f64());
     let total = kib * 1.024 + r.republish_kbs;
     println!(
         "  idle traffic {what}: {kib:.2} KiB/s (sent + received) and {msgs:.2} kad requests/s \
-         received per node; background with {SIZING_KEYS} keys (idle + re-publication): \
-         {total:.1} KB/s per node (target <= {BACKGROUND_BUDGET})"
+         received per node, {cores:.2} cores for the whole process; background with \
+         {SIZING_KEYS} keys (idle + re-publication): {total:.1} KB/s per node (target <= \
+         {BACKGROUND_BUDGET})"
     );
     if total > BACKGROUND_BUDGET {
         r.failures.push(format!(
@@ -473,24 +533,44 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (nodes, keys, churn, idle) = if quick {
-        (vec![6], 20, 34, Duration::from_secs(1))
+    let (nodes, keys, churn, batch, idle) = if quick {
+        (vec![6], 20, 34, 3, Duration::from_secs(1))
     } else {
         (
             env_list("SHOAL_BENCH_NODES", "20,50"),
             env_list("SHOAL_BENCH_KEYS", "100")[0],
             env_list("SHOAL_BENCH_CHURN", "10")[0],
-            Duration::from_secs(20),
+            env_list("SHOAL_BENCH_PUBLISH_BATCH", "10")[0].max(1),
+            Duration::from_secs(env_list("SHOAL_BENCH_IDLE_SECS", "20")[0] as u64),
         )
     };
+    let fit = measure::nodes_that_fit(fd);
     println!(
-        "open-file limit {fd}; {} cores",
+        "open-file limit {fd} (at most {fit} nodes fit in this process); {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let mut failed = Vec::new();
-    for n in nodes {
-        let f = rt.block_on(run(n, keys, churn, idle));
+    let mut capped = Vec::new();
+    for asked in nodes {
+        // Past the limit the process hits EMFILE (its own and its nodes' descriptors alike):
+        // that would measure the harness, so the most that fit are run instead, and said so.
+        let n = asked.min(fit);
+        if n < asked {
+            println!(
+                "\n{asked} nodes need ~{} descriptors in one process (both ends of each of a \
+                 node's N - 1 connections; a real node holds N - 1): over the limit of {fd}. \
+                 Running {n} nodes instead.",
+                measure::fds_needed(asked)
+            );
+            capped.push(format!(
+                "{asked} nodes asked, {n} run (open-file limit {fd})"
+            ));
+        }
+        let f = rt.block_on(run(n, keys, churn, batch, idle));
         failed.extend(f.into_iter().map(|e| format!("{n} nodes: {e}")));
+    }
+    for c in &capped {
+        println!("\nHARNESS LIMIT: {c}");
     }
     if !failed.is_empty() {
         eprintln!("\nFAILED:");

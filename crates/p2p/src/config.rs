@@ -24,27 +24,32 @@ pub const DEFAULT_P2P_PORT: u16 = 5001;
 /// Sizing case: 1,000 nodes each providing 5,000 keys, so 5 M (key, provider) pairs, each stored
 /// on the k = 20 nodes closest to the key.
 ///
-/// Measured (`benches/benches/p2p.rs`, docs/benchmarks.md "DHT at cluster scale", 20 in-process
-/// nodes, debug build on a loaded 2-core machine): one publication (closest-peers walk +
-/// `ADD_PROVIDER`s) costs 23.5 Kademlia requests and 33 KiB on the wire (TCP bytes: noise, yamux,
-/// stream negotiation included); an idle node exchanges 1.7 KiB/s (pings, identify, routing
-/// upkeep); RSS 11.3 MiB per node with 100 keys each. Larger clusters were limited by the
-/// harness, see there.
+/// Measured (`benches/benches/p2p.rs`, docs/benchmarks.md "DHT at cluster scale"; release build,
+/// 100 in-process nodes with 100 keys each on a shared 2-core machine, 2026-12-07): one
+/// publication (closest-peers walk + `ADD_PROVIDER`s, every one delivered) costs 88.0 KiB on the
+/// wire (TCP bytes: noise, yamux, stream negotiation and connection set-up included) and 54
+/// Kademlia requests (20 of them `ADD_PROVIDER`); an idle node exchanges 6.6-7.6 KiB/s, nearly
+/// all of it pings on its 99 connections (~70 B/s per connection, see `idle_connection_timeout`);
+/// RSS 10.5-17.2 MiB per node. (The first, debug-build figures were 168.6 KiB and 80.8 requests
+/// per publication, inflated by a starved runtime.) 300 and 1,000 nodes do not fit in one
+/// process here (open-file limit, see the bench): their figures below are computed.
 ///
 /// - `reprovide_interval` = 12 h, `record_ttl` = 36 h. Background traffic per node (sent +
-///   received) is 2 x (bytes per publication) x (keys) / interval + idle upkeep. Measured at 100
-///   nodes (debug build, every publication complete, docs/benchmarks.md): 168.6 KiB and 80.8 kad
-///   requests per publication (20 `ADD_PROVIDER`s, the rest the walk, connection set-up included),
-///   idle 7.8 KiB/s. With 5,000 keys every 12 h: 2 x 168.6 KiB x 5,000 / 43,200 s = 40 KB/s, plus
-///   8 KB/s idle = 48 KB/s, just under the 50 KB/s budget (6 h measured 88 KB/s; the old 10 min
-///   ~2.9 MB/s). Cheaper walks are the way to shorten the interval again.
-///   Kad's walk grows with log N, so 300-1,000 nodes cost more per publication (not measured
-///   yet, docs/benchmarks.md); `benches/p2p.rs` fails when this estimate passes 50 KB/s. A long interval is safe because records only guard *findability*: a new key is
+///   received) is 2 x (bytes per publication) x (keys) / interval + idle upkeep. At the measured
+///   100-node cost, 5,000 keys every 12 h: 2 x 88.0 KiB x 5,000 / 43,200 s = 20.9 KB/s, plus
+///   7.7 KB/s idle = 28.6 KB/s, under the 50 KB/s budget (6 h would be ~49 KB/s; the old 10 min
+///   ~1.5 MB/s). Kad's walk grows with log N, so 300-1,000 nodes cost somewhat more per
+///   publication; the idle part grows with the connection count (below), which is what breaks
+///   the budget at 1,000 nodes, not re-publication. `benches/p2p.rs` fails when this estimate
+///   passes 50 KB/s. A long interval is safe because records only guard *findability*: a new key is
 ///   published at once (not at the next round), and providers are only returned over a live
 ///   connection (see the crate docs), so a departed node is never yielded whatever the TTL. What
-///   re-publication repairs is record loss: a key's 20 storing nodes all leaving, or nodes that
+///   re-publication repairs is record loss: a key's 20 storing nodes all leaving, nodes that
 ///   joined closer to the key than its holders (lookups walk past the older holders, which still
-///   answer). Re-publications are spread over the first half of the interval (`publish`). The
+///   answer), or `ADD_PROVIDER`s lost on the way (kad reports a publication done once they are
+///   queued; the protocol has no answer to them; a runtime starved for seconds drops them, as the
+///   bench showed before it paced its publication round). Re-publications are spread over the
+///   first half of the interval (`publish`). The
 ///   TTL is 3x the interval so a record survives two lost publications (a restart, a busy node);
 ///   it bounds how long a withdrawn (garbage-collected) key is still answered by other nodes for
 ///   a live node, which then answers the blob request with a miss and the pull moves on.
@@ -62,14 +67,23 @@ pub const DEFAULT_P2P_PORT: u16 = 5001;
 /// - `dns_refresh` = 30 s: new DaemonSet pods appear in the headless Service within seconds;
 ///   30 s keeps DNS load trivial (one query per node per 30 s) while healing partitions quickly.
 /// - `idle_connection_timeout` = 10 min: keeping connections to peers makes the next lookup
-///   skip TCP + noise handshakes. Kademlia's routing table keeps ~20 peers per bucket, so at
-///   1,000 nodes a node holds roughly 100-200 connections: cheap.
+///   skip TCP + noise handshakes (absent-key answer p99 10-11 ms, first provider p99 6-8 ms at
+///   100 nodes, release). The timeout applies to every connection, not only to routing-table
+///   peers, and publications walk the whole key space, so a node ends up connected to every
+///   other node: measured 99 of 99 at 100 nodes. Each costs one descriptor and ~70 B/s of pings
+///   (`ping_interval`): 21 KB/s at 300 nodes, which the budget above holds, but ~70 KB/s at
+///   1,000, which it does not. Bounding the connection set (keep routing-table peers, close the
+///   others sooner) trades those pings for handshakes + identify on re-contact and for dials in
+///   lookups; it is not done yet (docs/benchmarks.md, "release, this machine").
 /// - `ping_interval` = 5 s and `ping_timeout` = 10 s: a peer that went silent without closing
 ///   its connections (powered off, partitioned by a firewall that drops) is disconnected within
 ///   ~15 s, so lookups stop yielding it and a pull no longer waits on a connect to it. Left to
 ///   TCP, a dead connection lingers until retransmissions give up (~15 min on Linux).
 /// - `parallelism` = 8 (Kademlia's α, 3 by default): lookups for absent keys must hear back from
 ///   the closest nodes before they can say "nobody"; more requests in flight shortens that walk.
+///   Kad ends it once the k = 20 closest peers it knows have answered: about three rounds of
+///   requests, measured 5-6 ms p50 and 10-11 ms p99 at 100 nodes (release, unstarved), so the
+///   mirror's miss comes from the DHT's answer, before its 20 ms resolve timeout.
 #[derive(Clone)]
 pub struct Config {
     /// TCP addresses to listen on (IPv4 and/or IPv6; port 0 picks a free port).
