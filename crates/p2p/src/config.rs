@@ -28,17 +28,20 @@ pub const DEFAULT_P2P_PORT: u16 = 5001;
 /// 100 in-process nodes with 100 keys each on a shared 2-core machine, 2026-12-07): one
 /// publication (closest-peers walk + `ADD_PROVIDER`s, every one delivered) costs 88.0 KiB on the
 /// wire (TCP bytes: noise, yamux, stream negotiation and connection set-up included) and 54
-/// Kademlia requests (20 of them `ADD_PROVIDER`); an idle node exchanges 6.6-7.6 KiB/s, nearly
-/// all of it pings on its 99 connections (~70 B/s per connection, see `idle_connection_timeout`);
-/// RSS 10.5-17.2 MiB per node. (The first, debug-build figures were 168.6 KiB and 80.8 requests
+/// Kademlia requests (20 of them `ADD_PROVIDER`), 94.5-102.4 KiB and 57-59 requests at 121
+/// nodes; an idle node exchanges 6.6-7.6 KiB/s between routing refreshes, nearly all of it pings
+/// on its 99 connections (~70 B/s per connection, see `idle_connection_timeout`), and 12.3 KiB/s
+/// averaged over 5 min at 121 nodes (kad's 5-minute routing refresh included); RSS 10.3-17.2 MiB
+/// per node. (The first, debug-build figures were 168.6 KiB and 80.8 requests
 /// per publication, inflated by a starved runtime.) 300 and 1,000 nodes do not fit in one
 /// process here (open-file limit, see the bench): their figures below are computed.
 ///
 /// - `reprovide_interval` = 12 h, `record_ttl` = 36 h. Background traffic per node (sent +
 ///   received) is 2 x (bytes per publication) x (keys) / interval + idle upkeep. At the measured
 ///   100-node cost, 5,000 keys every 12 h: 2 x 88.0 KiB x 5,000 / 43,200 s = 20.9 KB/s, plus
-///   7.7 KB/s idle = 28.6 KB/s, under the 50 KB/s budget (6 h would be ~49 KB/s; the old 10 min
-///   ~1.5 MB/s). Kad's walk grows with log N, so 300-1,000 nodes cost somewhat more per
+///   7.7 KB/s idle = 28.6 KB/s; at 121 nodes 23.4 + 12.6 (5-min average) = 36.0 KB/s; under
+///   the 50 KB/s budget (6 h would be ~59 KB/s at 121 nodes; the old
+///   10 min ~1.5 MB/s). Kad's walk grows with log N, so 300-1,000 nodes cost somewhat more per
 ///   publication; the idle part grows with the connection count (below), which is what breaks
 ///   the budget at 1,000 nodes, not re-publication. `benches/p2p.rs` fails when this estimate
 ///   passes 50 KB/s. A long interval is safe because records only guard *findability*: a new key is
@@ -71,8 +74,8 @@ pub const DEFAULT_P2P_PORT: u16 = 5001;
 ///   100 nodes, release). The timeout applies to every connection, not only to routing-table
 ///   peers, and publications walk the whole key space, so a node ends up connected to every
 ///   other node: measured 99 of 99 at 100 nodes. Each costs one descriptor and ~70 B/s of pings
-///   (`ping_interval`): 21 KB/s at 300 nodes, which the budget above holds, but ~70 KB/s at
-///   1,000, which it does not. Bounding the connection set (keep routing-table peers, close the
+///   (`ping_interval`): ~21 KB/s at 300 nodes, which with routing refresh and re-publication
+///   puts a node at the budget's edge (~50 KB/s, computed), and ~72 KB/s at 1,000, over it. Bounding the connection set (keep routing-table peers, close the
 ///   others sooner) trades those pings for handshakes + identify on re-contact and for dials in
 ///   lookups; it is not done yet (docs/benchmarks.md, "release, this machine").
 /// - `ping_interval` = 5 s and `ping_timeout` = 10 s: a peer that went silent without closing
