@@ -22,6 +22,23 @@ use crate::events::{EventSink, FetchEvent, FetchEventKind, RequestEnd};
 
 tokio::task_local! {
     static CURRENT: Arc<RequestTrace>;
+    /// The request id of a task spawned by a request (see [`spawn`]).
+    static DETACHED: u64;
+}
+
+/// Spawn a task that works for the current request (a stream feeding its body): its events
+/// carry the request's id. It holds the id only, not the record, so a client going away still
+/// ends the record at once.
+pub(crate) fn spawn<F>(f: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let id = CURRENT
+        .try_with(|t| t.id)
+        .or_else(|_| DETACHED.try_with(|id| *id))
+        .unwrap_or(0);
+    tokio::spawn(DETACHED.scope(id, f))
 }
 
 /// Unique within the process (the admin API and the event log live as long as it does).
@@ -62,6 +79,7 @@ impl RequestTrace {
                 let _ = t.key.set(key.to_owned());
                 t.id
             })
+            .or_else(|_| DETACHED.try_with(|id| *id))
             .unwrap_or(0)
     }
 
