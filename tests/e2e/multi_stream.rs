@@ -132,7 +132,11 @@ fn a_holder_whose_list_lies_is_caught_at_the_tail_and_the_next_pull_succeeds() {
     // Every piece matches the lying list; only the whole digest can tell, at the tail: the
     // last piece is withheld, the ingest aborted, and the pull fails.
     let first = rig.node(3).cri_pull(s.img.reference());
-    assert!(first.is_err(), "a lying list completed the body");
+    assert!(
+        first.is_err(),
+        "a lying list completed the body\n{}",
+        puller.log_tail()
+    );
     assert_no_ingest(rig.node(3), &s.layer, puller);
     assert!(
         logged(

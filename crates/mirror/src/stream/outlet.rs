@@ -10,6 +10,7 @@ use std::time::Duration;
 use axum::body::Body;
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::stream::{BoxStream, FuturesUnordered};
 use shoal_oci::{Digest, Hasher};
 use tokio::sync::mpsc;
 
@@ -25,6 +26,8 @@ const QUEUE: usize = 2;
 const LIST_WAIT: Duration = Duration::from_millis(500);
 /// Holders asked for a list.
 const LIST_TRIES: usize = 3;
+/// How long the first holder has to answer with its list before others are asked too.
+const LIST_HEDGE: Duration = Duration::from_millis(100);
 
 /// One piece as the chunks it arrived in (slices of the HTTP client's read buffers, or one
 /// read from the spool file): gathering, hashing and sending it copies nothing more.
@@ -235,8 +238,9 @@ pub(crate) fn body(first: Option<Piece>, rx: mpsc::Receiver<std::io::Result<Piec
     }))
 }
 
-/// The piece list of `digest`, from `first` or (if it has none) from up to [`LIST_TRIES`] - 1
-/// other providers, within [`LIST_WAIT`] in all.
+/// The piece list of `digest`, from `first` or, if it has none or has not answered within
+/// [`LIST_HEDGE`], from up to [`LIST_TRIES`] - 1 other providers asked at the same time (a
+/// slow holder must not cost the list); the first list wins, within [`LIST_WAIT`] in all.
 pub(crate) async fn fetch_list(
     shared: Arc<Shared>,
     first: &Provider,
@@ -247,8 +251,8 @@ pub(crate) async fn fetch_list(
         return List::None;
     }
     let key = shoal_oci::Key::Digest(digest.clone());
-    let find = async {
-        let mut others = shared
+    let others = || {
+        shared
             .providers
             .find(&key)
             .filter(|p| {
@@ -256,18 +260,32 @@ pub(crate) async fn fetch_list(
                 async move { ok }
             })
             .take(LIST_TRIES - 1)
-            .boxed();
-        let mut next = Some(first.clone());
+            .boxed()
+    };
+    let ask = |p: Provider| {
+        let shared = shared.clone();
+        async move { (shared.client.pieces(&p, digest, size).await, p.peer) }
+    };
+    let find = async {
+        let mut asks = FuturesUnordered::new();
+        asks.push(ask(first.clone()));
+        let mut more: Option<BoxStream<Provider>> = None;
+        let hedge = tokio::time::sleep(LIST_HEDGE);
+        tokio::pin!(hedge);
         loop {
-            let p = match next.take() {
-                Some(p) => p,
-                None => others.next().await?,
-            };
-            match shared.client.pieces(&p, digest, size).await {
-                Ok(list) => return Some((list, p.peer)),
-                Err(e) => {
-                    tracing::debug!(digest = %digest, peer = %p.peer, error = %e, "no piece list from this holder");
+            tokio::select! {
+                Some((got, peer)) = asks.next() => match got {
+                    Ok(list) => return Some((list, peer)),
+                    Err(e) => {
+                        tracing::debug!(digest = %digest, %peer, error = %e, "no piece list from this holder");
+                        more.get_or_insert_with(others);
+                    }
+                },
+                () = &mut hedge, if more.is_none() => more = Some(others()),
+                Some(p) = async { more.as_mut()?.next().await }, if more.is_some() => {
+                    asks.push(ask(p));
                 }
+                else => return None,
             }
         }
     };
