@@ -6,10 +6,11 @@
 //! the bad holder is marked.
 //!
 //! Which holder serves which range is up to the scheduler. To make sure the bad holder's bytes
-//! are the ones checked, the two honest holders crawl (256 kbit/s) until the puller has caught
-//! the bad piece: the bad holder serves every range, taking over the honest holders' ranges
-//! before they have written a byte (work stealing), and the honest holders are then freed to
-//! serve the replacement and the rest.
+//! are the ones checked, holder 1 crawls (256 kbit/s) and holder 2 is cut off the network until
+//! the puller has caught the bad piece: the bad holder serves every range, taking over holder
+//! 1's ranges before it has written a byte (work stealing judges holder 1 against the median of
+//! the two), and holder 2 fails its requests at once. Then both are freed, and the replacement
+//! and the rest come from the honest holders.
 
 use std::time::{Duration, Instant};
 
@@ -64,7 +65,7 @@ fn one_corrupt_holder(at: impl Fn(u64) -> u64) {
     let (rig, puller) = (&s.rig, &s.daemons[3]);
     rig.node(0).corrupt_blob_at(&s.layer, at(s.size));
     crawl(rig.node(1));
-    crawl(rig.node(2));
+    rig.set_node_link(2, false);
     let attempts = std::thread::scope(|sc| {
         sc.spawn(|| {
             // Free the honest holders once the bad piece was caught (or after a minute, so a
@@ -74,7 +75,7 @@ fn one_corrupt_holder(at: impl Fn(u64) -> u64) {
                 std::thread::sleep(Duration::from_millis(100));
             }
             unlimit(rig.node(1));
-            unlimit(rig.node(2));
+            rig.set_node_link(2, true);
         });
         pull_attempts(rig.node(3), puller, &s.img, &s.layer, 3)
     });
@@ -122,13 +123,15 @@ fn a_holder_whose_list_lies_is_caught_at_the_tail_and_the_next_pull_succeeds() {
     let (rig, puller) = (&s.rig, &s.daemons[3]);
     forge_list(rig.node(0), &s.layer, s.size);
     // The honest holders publish no list (as an old version would): a directory where the
-    // cached list would be is never read as one, nor computed again.
+    // cached list would be is never read as one, nor computed again. Holder 1 crawls and
+    // holder 2 is cut off, so the liar serves every byte (see the module doc).
     for i in 1..3 {
         let p = list_path(rig.node(i), &s.layer);
         std::fs::remove_file(&p).unwrap();
         std::fs::create_dir(&p).unwrap();
-        crawl(rig.node(i));
     }
+    crawl(rig.node(1));
+    rig.set_node_link(2, false);
     // Every piece matches the lying list; only the whole digest can tell, at the tail: the
     // last piece is withheld, the ingest aborted, and the pull fails.
     let first = rig.node(3).cri_pull(s.img.reference());
@@ -155,7 +158,7 @@ fn a_holder_whose_list_lies_is_caught_at_the_tail_and_the_next_pull_succeeds() {
     // The liar is marked on the puller: the next attempt comes from the honest holders only
     // (without a list: verified whole before it is sent).
     unlimit(rig.node(1));
-    unlimit(rig.node(2));
+    rig.set_node_link(2, true);
     let attempts = 1 + pull_attempts(rig.node(3), puller, &s.img, &s.layer, 2);
     eprintln!("pulled in {attempts} attempts");
     assert_eq!(attempts, 2, "{}", puller.log_tail());

@@ -3,7 +3,7 @@
 //! It also takes the follower's notes: a piece to fetch again (it failed its list entry), or
 //! the blob verified (report who served it before the tail goes out).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io;
 use std::sync::Arc;
@@ -118,6 +118,10 @@ pub(super) struct Run<'a> {
     pub(super) spans: HashMap<String, Vec<(u64, u64)>>,
     pub(super) failures: usize,
     pub(super) frontier: watch::Sender<u64>,
+    /// Bytes before this were checked and used by the follower.
+    pub(super) checked: u64,
+    /// Peers whose bytes failed a check: nothing more they write past `checked` is kept.
+    pub(super) blamed: HashSet<String>,
 }
 
 impl<'a> Run<'a> {
@@ -144,6 +148,8 @@ impl<'a> Run<'a> {
             spans: HashMap::new(),
             failures: 0,
             frontier: watch::Sender::new(0),
+            checked: 0,
+            blamed: HashSet::new(),
         }
     }
 
@@ -256,10 +262,11 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// `[start, end)` (at or after every byte already used) failed its check: mark whoever
-    /// wrote it bad for the blob, stop their jobs, and queue the range again. Returns the
-    /// writers.
+    /// `[start, end)` (the first piece not yet used) failed its check: mark whoever wrote it
+    /// bad for the blob, stop their jobs, and queue again the piece and everything they wrote
+    /// past it (unchecked, so no longer trusted). Returns the writers.
     fn refetch(&mut self, start: u64, end: u64) -> Vec<String> {
+        self.checked = self.checked.max(start);
         let f = self.done.frontier();
         let mut writers: Vec<String> = self
             .spans
@@ -292,12 +299,33 @@ impl<'a> Run<'a> {
             }
         }
         for w in &writers {
+            self.blamed.insert(w.clone());
             self.drop_peer(w);
+            self.forget_unchecked(w);
         }
+        self.queue.make_contiguous().sort_unstable();
         self.failures += 1;
         // The only place the frontier moves back: to the start of what is fetched again.
         self.frontier.send_replace(self.readable());
         writers
+    }
+
+    /// What `peer` wrote past the checked prefix is no longer trusted: fetch it again.
+    fn forget_unchecked(&mut self, peer: &str) {
+        let from = self.checked;
+        let Some(spans) = self.spans.get_mut(peer) else {
+            return;
+        };
+        let gone: Vec<(u64, u64)> = spans
+            .iter()
+            .filter(|&&(_, b)| b > from)
+            .map(|&(a, b)| (a.max(from), b))
+            .collect();
+        for &(a, b) in &gone {
+            remove_span(spans, a, b);
+            self.done.remove(a, b);
+            self.queue.push_back((a, b));
+        }
     }
 
     /// Stop using `peer` for this blob: cancel its jobs (their ranges are queued again when
@@ -315,7 +343,8 @@ impl<'a> Run<'a> {
 
     /// Log and explain who served which bytes of the verified blob, then that it verified.
     pub(super) fn report_verified(&self, digest: &Digest, what: &str) {
-        let mut by_peer: Vec<(&String, &Vec<(u64, u64)>)> = self.spans.iter().collect();
+        let mut by_peer: Vec<(&String, &Vec<(u64, u64)>)> =
+            self.spans.iter().filter(|(_, s)| !s.is_empty()).collect();
         by_peer.sort_by_key(|(_, s)| std::cmp::Reverse(total(s)));
         tracing::info!(digest = %digest, bytes = self.size, peers = ?by_peer.iter().map(|(p, s)| (p, total(s))).collect::<Vec<_>>(), "{what}");
         for (peer, s) in &by_peer {
@@ -497,7 +526,7 @@ impl<'a> Run<'a> {
     /// Every job of `slot` has exited: record what is on disk (short of its cap), and who
     /// wrote it, and queue what is missing.
     fn finish_slot(&mut self, slot: Slot) {
-        let cap = slot.cap.unwrap_or(slot.end);
+        let mut cap = slot.cap.unwrap_or(slot.end);
         let mut spans: Vec<(&str, u64, u64)> = Vec::new();
         let covered = match slot.jobs.iter().position(|j| j.state == JobState::Done) {
             Some(w) => {
@@ -523,6 +552,11 @@ impl<'a> Run<'a> {
                 end
             }
         };
+        for (peer, s, _) in &spans {
+            if self.blamed.contains(*peer) {
+                cap = cap.min((*s).max(self.checked));
+            }
+        }
         let covered = covered.min(cap);
         for (peer, s, e) in spans {
             let e = e.min(cap);
