@@ -27,9 +27,11 @@
 //!   list: every 1 MiB piece is checked against the list and sent to containerd as soon as
 //!   the frontier passes it, with the rules of [`crate::stream`] (shared through
 //!   [`crate::stream::outlet`]): no headers before the first checked piece, a bad piece marks
-//!   whoever wrote it bad for the blob and only that piece is fetched again from another
-//!   holder (the transfer goes on), the last piece is held until the whole digest matched,
-//!   and a final mismatch (a lying list) aborts the ingest.
+//!   whoever wrote it bad for the blob, and that piece and everything else they wrote past
+//!   the checked prefix are fetched again from the other holders while the transfer goes on
+//!   (a peer caught once is trusted with nothing more: one refetch per liar, not one per
+//!   piece), the last piece is held until the whole digest matched, and a final mismatch (a
+//!   lying list) aborts the ingest.
 //! * [`download`] otherwise (no ingest control, no list within 500 ms, or a `Range` request):
 //!   a hasher follows the frontier and the whole blob is verified before containerd sees a
 //!   byte, as this crate did before streaming. Without a list a piece cannot be blamed on the

@@ -14,7 +14,9 @@ const SLOW_FACTOR: f64 = 3.0;
 const REISSUE_COST: f64 = 0.1;
 
 impl Run<'_> {
-    pub(super) fn median_rate(&self, now: Instant) -> Option<f64> {
+    /// The median measured rate of the running jobs, the idle workers and `candidate` (the
+    /// idle worker asking for work, already taken off the idle list).
+    pub(super) fn median_rate(&self, now: Instant, candidate: Option<f64>) -> Option<f64> {
         let mut r: Vec<f64> = self
             .slots
             .values()
@@ -26,6 +28,7 @@ impl Run<'_> {
                     .iter()
                     .filter_map(|p| self.rates.get(&p.peer).copied()),
             )
+            .chain(candidate)
             .collect();
         if r.is_empty() {
             return None;
@@ -38,8 +41,9 @@ impl Run<'_> {
     /// to hand to `p`.
     pub(super) fn slow_slot(&self, p: &Provider) -> Option<u64> {
         let now = Instant::now();
-        let median = self.median_rate(now)?;
-        let candidate = self.rates.get(&p.peer).copied().unwrap_or(median);
+        let own = self.rates.get(&p.peer).copied();
+        let median = self.median_rate(now, own)?;
+        let candidate = own.unwrap_or(median);
         self.slots
             .iter()
             .filter(|(_, s)| s.jobs.len() == 1 && s.jobs[0].state == JobState::Running)

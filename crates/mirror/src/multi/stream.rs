@@ -4,10 +4,11 @@
 //! safety rules are those of single-peer streaming, through [`crate::stream::outlet`]:
 //!
 //! * headers go out only with the first checked piece; any failure before it is a 404;
-//! * a piece that fails its list entry marks whoever wrote it bad for the blob, and only that
-//!   piece is fetched again, from another holder, while the other ranges keep coming; the
-//!   same piece failing from two peers casts doubt on the list, and the body ends after the
-//!   checked bytes (containerd resumes with `Range`, served from a verified copy);
+//! * a piece that fails its list entry marks whoever wrote it bad for the blob, and that piece
+//!   (with whatever else they wrote that is not yet checked) is fetched again from other
+//!   holders while the other ranges keep coming; the same piece failing from two peers casts
+//!   doubt on the list, and the body ends after the checked bytes (containerd resumes with
+//!   `Range`, served from a verified copy);
 //! * the last piece is sent only after the whole digest matched; a mismatch (every piece
 //!   matched a lying list) marks the list's holder bad and aborts the ingest.
 //!
