@@ -80,6 +80,18 @@ fn one_corrupt_holder(at: impl Fn(u64) -> u64) {
         pull_attempts(rig.node(3), puller, &s.img, &s.layer, 3)
     });
     eprintln!("pulled in {attempts} attempt(s)");
+    if std::env::var_os("SHOAL_TEST_DEBUG").is_some() {
+        let v = json(puller, &["explain", &s.layer.to_string()]);
+        eprintln!("{v:#}");
+        for l in puller
+            .process()
+            .log()
+            .lines()
+            .filter(|l| l.contains("shoal_mirror") && !l.contains("DEBUG"))
+        {
+            eprintln!("{}", &l[..l.len().min(500)]);
+        }
+    }
     assert_eq!(attempts, 1, "{}", puller.log_tail());
     assert_eq!(multi::committed_digest(&s), s.layer);
     assert_no_ingest(rig.node(3), &s.layer, puller);

@@ -206,11 +206,21 @@ impl<'a> Run<'a> {
                         self.add_provider(p);
                     }
                     None if starved => {
-                        return Err(Failure::Peers(format!(
-                            "no provider left with {} of {} bytes fetched",
-                            self.done.frontier(),
-                            self.size
-                        )));
+                        // Providers whose request failed (a connection error, not a bad byte)
+                        // are asked again while the failure budget lasts.
+                        let again: Vec<Provider> = self
+                            .known
+                            .iter()
+                            .filter(|p| !digest.as_ref().is_some_and(|d| shared.bad.is_bad(&p.peer, d)))
+                            .cloned()
+                            .collect();
+                        if self.fetch.pool.requeue(again) == 0 {
+                            return Err(Failure::Peers(format!(
+                                "no provider left with {} of {} bytes fetched",
+                                self.done.frontier(),
+                                self.size
+                            )));
+                        }
                     }
                     None => {}
                 },
