@@ -46,24 +46,33 @@ async fn holders(
     (prov, fakes)
 }
 
-#[tokio::test]
-async fn three_holders_stream_checked_pieces() {
-    let blob = data(SIZE, 31);
-    let list = Some(piece_list(&blob, PIECE));
+/// Three listed holders, the middle one named `b` in `mode`: the streamed blob and the client.
+async fn three_listed(
+    blob: &[u8],
+    b: (&str, Mode),
+) -> (Got, Client, Arc<FakeIngest>, Vec<Arc<FakePeer>>) {
+    let list = Some(piece_list(blob, PIECE));
     let (prov, fakes) = holders(
-        &blob,
+        blob,
         &[
             ("a", Mode::Good, RATE, list.clone()),
-            ("b", Mode::Good, RATE, list.clone()),
+            (b.0, b.1, RATE, list.clone()),
             ("c", Mode::Good, RATE, list),
         ],
     )
     .await;
     let ingest = FakeIngest::new();
     let c = Client::streaming(cfg(), &prov, ingest.clone());
-    let d = fakes[0].digest.clone();
-    let got = fetch(&c, &d).await;
+    let got = fetch(&c, &fakes[0].digest).await;
     assert_eq!((got.status, got.failed), (StatusCode::OK, false));
+    (got, c, ingest, fakes)
+}
+
+#[tokio::test]
+async fn three_holders_stream_checked_pieces() {
+    let blob = data(SIZE, 31);
+    let (got, c, ingest, fakes) = three_listed(&blob, ("b", Mode::Good)).await;
+    let d = fakes[0].digest.clone();
     assert_eq!(got.bytes, blob);
     assert_eq!(ingest.aborted(), 0);
     let by_peer = served(&c.log, &d.to_string(), SIZE as u64);
@@ -79,21 +88,8 @@ async fn three_holders_stream_checked_pieces() {
 #[tokio::test]
 async fn a_holder_corrupt_everywhere_is_caught_and_its_pieces_come_from_the_others() {
     let blob = data(SIZE, 32);
-    let list = Some(piece_list(&blob, PIECE));
-    let (prov, fakes) = holders(
-        &blob,
-        &[
-            ("a", Mode::Good, RATE, list.clone()),
-            ("bad", Mode::CorruptAll, RATE, list.clone()),
-            ("c", Mode::Good, RATE, list),
-        ],
-    )
-    .await;
-    let ingest = FakeIngest::new();
-    let c = Client::streaming(cfg(), &prov, ingest.clone());
+    let (got, c, ingest, fakes) = three_listed(&blob, ("bad", Mode::CorruptAll)).await;
     let d = fakes[0].digest.clone();
-    let got = fetch(&c, &d).await;
-    assert_eq!((got.status, got.failed), (StatusCode::OK, false));
     assert_eq!(got.bytes, blob, "every bad piece was replaced");
     assert_eq!(ingest.aborted(), 0, "nothing unchecked was sent");
     let ev = c.log.for_key(&d.to_string());
