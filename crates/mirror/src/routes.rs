@@ -110,7 +110,9 @@ async fn handle(State(state): State<MirrorState>, req: Request) -> Response {
             }
             // The permit lives as long as the body: a streaming blob counts until its last byte.
             let (res_parts, body) = res.into_parts();
-            Response::from_parts(res_parts, TracedBody::wrap(body, trace, permit))
+            let length = res_parts.headers.get(header::CONTENT_LENGTH);
+            let length = length.and_then(|v| v.to_str().ok()?.parse().ok());
+            Response::from_parts(res_parts, TracedBody::wrap(body, trace, length, permit))
         }
         Err(e) => {
             let reason = e.to_string();
