@@ -5,8 +5,9 @@
 //! (`HOLDER_MBIT`). Two pullers ask their local Shoal for the 1 GiB layer with `curl`, in
 //! alternating runs: node 3 with the defaults (multi-peer, up to 4 peers per blob) and node 4
 //! with `--max-peers-per-blob 1` (one peer at a time, the pre-multi-peer behaviour). Both
-//! measure the same thing a containerd pull waits for: download, whole-blob verification,
-//! then the bytes. The puller daemons' RSS is sampled during every transfer.
+//! stream checked pieces when the holders publish piece lists (as they do once they hold the
+//! layer), so `curl` measures what containerd waits for: time to the first byte and to the
+//! last. The puller daemons' RSS is sampled during every transfer.
 
 use std::time::Duration;
 
@@ -21,20 +22,23 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// One `curl` GET inside the node's namespace; returns (seconds, bytes).
-fn curl_time(node: &Node, url: &str) -> (f64, u64) {
+/// One `curl` GET inside the node's namespace; returns (seconds, seconds to the first body
+/// byte, bytes).
+fn curl_time(node: &Node, url: &str) -> (f64, f64, u64) {
     let out = node.exec(&[
         "curl",
         "-s",
         "-o",
         "/dev/null",
         "-w",
-        "%{time_total} %{size_download}",
+        "%{time_total} %{time_starttransfer} %{size_download}",
         url,
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    let (t, n) = text.split_once(' ').expect("curl timing");
-    (t.parse().expect("time"), n.trim().parse().expect("size"))
+    let mut f = text.split_whitespace();
+    let mut next = || f.next().expect("curl timing");
+    let (t, first) = (next().parse().expect("time"), next().parse().expect("time"));
+    (t, first, next().parse().expect("size"))
 }
 
 fn main() {
@@ -82,17 +86,22 @@ fn main() {
     let idle_rss = rss_kib(multi.process().pid());
 
     let (mut multi_s, mut single_s) = (Vec::new(), Vec::new());
+    let (mut multi_first, mut single_first) = (Vec::new(), Vec::new());
     let (mut multi_rss, mut single_rss) = (0, 0);
     for _ in 0..RUNS {
         let url = multi.blob_url(&huge, &layer);
-        let ((t, n), rss) = with_peak_rss(multi.process().pid(), || curl_time(rig.node(3), &url));
+        let ((t, first, n), rss) =
+            with_peak_rss(multi.process().pid(), || curl_time(rig.node(3), &url));
         assert_eq!(n, size, "full blob, three holders\n{}", multi.log_tail());
         multi_s.push(t);
+        multi_first.push(first);
         multi_rss = multi_rss.max(rss);
         let url = single.blob_url(&huge, &layer);
-        let ((t, n), rss) = with_peak_rss(single.process().pid(), || curl_time(rig.node(4), &url));
+        let ((t, first, n), rss) =
+            with_peak_rss(single.process().pid(), || curl_time(rig.node(4), &url));
         assert_eq!(n, size, "full blob, one holder\n{}", single.log_tail());
         single_s.push(t);
+        single_first.push(first);
         single_rss = single_rss.max(rss);
     }
     let explain = multi.cli(&["explain", &layer_s]);
@@ -106,6 +115,11 @@ fn main() {
         size as f64 / m / 1e6,
         size as f64 / s / 1e6,
         s / m
+    );
+    println!(
+        "| time to first byte (median of {RUNS}) | {:.3} s | {:.3} s | |",
+        median(multi_first.clone()),
+        median(single_first.clone())
     );
     println!(
         "| puller Shoal RSS, peak during the transfers (idle {:.1} MB) | {:.1} MB | {:.1} MB | |",

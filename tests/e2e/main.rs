@@ -14,6 +14,7 @@ mod flood;
 mod health;
 mod history;
 mod multi;
+mod multi_stream;
 mod p2p;
 mod rig;
 mod security;

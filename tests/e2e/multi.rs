@@ -10,7 +10,7 @@ use serde_json::Value;
 use shoal_oci::Digest;
 use shoal_tests::{Daemon, Rig, TestImage, shoal_cluster};
 
-fn json(d: &Daemon, args: &[&str]) -> Value {
+pub(crate) fn json(d: &Daemon, args: &[&str]) -> Value {
     let mut argv = args.to_vec();
     argv.push("--json");
     let out = d.cli(&argv);
@@ -23,7 +23,7 @@ fn json(d: &Daemon, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("JSON output")
 }
 
-fn peer_id(d: &Daemon) -> String {
+pub(crate) fn peer_id(d: &Daemon) -> String {
     json(d, &["status"])["peer_id"]
         .as_str()
         .expect("peer_id")
@@ -34,18 +34,21 @@ fn served_locally(d: &Daemon) -> f64 {
     d.metric("shoal_mirror_bytes_total", &["source=\"local\""])
 }
 
-/// Three holders of the huge image, found on the DHT by the puller; the registry stopped.
-struct Setup {
-    rig: Rig,
-    img: TestImage,
-    layer: Digest,
-    size: u64,
-    daemons: Vec<Daemon>,
+/// Three holders of an image, found on the DHT by the puller (node 3); the registry stopped.
+pub(crate) struct Setup {
+    pub(crate) rig: Rig,
+    pub(crate) img: TestImage,
+    pub(crate) layer: Digest,
+    pub(crate) size: u64,
+    pub(crate) daemons: Vec<Daemon>,
 }
 
 fn setup() -> Setup {
+    setup_with(TestImage::huge())
+}
+
+pub(crate) fn setup_with(img: TestImage) -> Setup {
     let rig = Rig::builder().nodes(4).start();
-    let img = TestImage::huge();
     rig.registry().push(&img);
     // The holders pull straight from the registry, before any Shoal runs: the setup only needs
     // three holders, and two extra 1 GiB peer transfers would make it slower and its failures
@@ -83,7 +86,7 @@ fn setup() -> Setup {
 }
 
 /// Peer ids that served bytes of `layer` to the puller's last request, with their bytes.
-fn served_by(puller: &Daemon, layer: &Digest) -> Vec<(String, u64)> {
+pub(crate) fn served_by(puller: &Daemon, layer: &Digest) -> Vec<(String, u64)> {
     let v = json(puller, &["explain", &layer.to_string()]);
     let req = v["blobs"][0]["requests"]
         .as_array()
@@ -103,7 +106,7 @@ fn served_by(puller: &Daemon, layer: &Digest) -> Vec<(String, u64)> {
         .collect()
 }
 
-fn committed_digest(s: &Setup) -> Digest {
+pub(crate) fn committed_digest(s: &Setup) -> Digest {
     let path = s.rig.node(3).blob_path(&s.layer);
     let bytes = std::fs::read(&path).expect("layer committed on the puller");
     assert_eq!(bytes.len() as u64, s.size);

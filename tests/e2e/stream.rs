@@ -38,7 +38,7 @@ fn big_layer(img: &TestImage) -> (Digest, u64) {
 }
 
 /// Where a node's Shoal caches the piece list of `d` (the rig's `--spool-dir` is `<node>/spool`).
-fn list_path(node: &Node, d: &Digest) -> std::path::PathBuf {
+pub(crate) fn list_path(node: &Node, d: &Digest) -> std::path::PathBuf {
     node.dir()
         .join("spool")
         .join("pieces")
@@ -46,7 +46,7 @@ fn list_path(node: &Node, d: &Digest) -> std::path::PathBuf {
 }
 
 /// Wait until the holder has computed the piece list of `d` (from its good copy).
-fn wait_list(node: &Node, daemon: &Daemon, d: &Digest) {
+pub(crate) fn wait_list(node: &Node, daemon: &Daemon, d: &Digest) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while !list_path(node, d).exists() {
         assert!(
@@ -59,7 +59,7 @@ fn wait_list(node: &Node, daemon: &Daemon, d: &Digest) {
 }
 
 /// Active ingests of `d` on the node (`ctr content active`).
-fn active_ingests(node: &Node, d: &Digest) -> Vec<String> {
+pub(crate) fn active_ingests(node: &Node, d: &Digest) -> Vec<String> {
     let out = node.ctr(&["content", "active"]);
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -70,7 +70,7 @@ fn active_ingests(node: &Node, d: &Digest) -> Vec<String> {
 
 /// CRI pulls until one succeeds (at most `max`); returns the attempts used. After a failed
 /// attempt, no ingest of `layer` may be left (checked once containerd's pull has returned).
-fn pull_attempts(
+pub(crate) fn pull_attempts(
     node: &Node,
     daemon: &Daemon,
     img: &TestImage,
@@ -91,7 +91,7 @@ fn pull_attempts(
 
 /// No ingest of `d` is left: at once, or within a few seconds when containerd's own GC removes
 /// a partial ingest of checked bytes after its pull failed.
-fn assert_no_ingest(node: &Node, d: &Digest, daemon: &Daemon) {
+pub(crate) fn assert_no_ingest(node: &Node, d: &Digest, daemon: &Daemon) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let left = active_ingests(node, d);
@@ -107,7 +107,7 @@ fn assert_no_ingest(node: &Node, d: &Digest, daemon: &Daemon) {
     }
 }
 
-fn assert_committed_right(node: &Node, d: &Digest) {
+pub(crate) fn assert_committed_right(node: &Node, d: &Digest) {
     let bytes = std::fs::read(node.blob_path(d)).expect("layer committed");
     assert_eq!(
         &Digest::sha256_of(&bytes),
@@ -116,7 +116,7 @@ fn assert_committed_right(node: &Node, d: &Digest) {
     );
 }
 
-fn logged(d: &Daemon, what: &str) -> bool {
+pub(crate) fn logged(d: &Daemon, what: &str) -> bool {
     d.process().log().contains(what)
 }
 
@@ -226,17 +226,7 @@ fn a_holder_whose_list_lies_never_completes_the_body_and_its_ingest_is_aborted()
     let (layer, size) = big_layer(&big);
     rig.node(0).pull(big.reference()).unwrap();
     wait_list(rig.node(0), &d1, &layer);
-    // Damage the holder's copy and forge its list from the damaged bytes: every piece matches
-    // the list, only the whole digest can tell.
-    rig.node(0).corrupt_blob_at(&layer, size / 3);
-    let bad = std::fs::read(rig.node(0).blob_path(&layer)).unwrap();
-    let mut list = Vec::new();
-    list.extend_from_slice(&MIB.to_be_bytes());
-    list.extend_from_slice(&size.to_be_bytes());
-    for c in bad.chunks(MIB as usize) {
-        list.extend_from_slice(hex_decode(Digest::sha256_of(c).hex()).as_slice());
-    }
-    std::fs::write(list_path(rig.node(0), &layer), list).unwrap();
+    forge_list(rig.node(0), &layer, size);
     d2.wait_found(&big, &layer);
 
     let attempts = pull_attempts(rig.node(1), &d2, &big, &layer, 3);
@@ -259,6 +249,20 @@ fn a_holder_whose_list_lies_never_completes_the_body_and_its_ingest_is_aborted()
         "{}",
         d2.log_tail()
     );
+}
+
+/// Damage the holder's copy of `layer` (at a third) and forge its list from the damaged bytes:
+/// every piece matches the list, only the whole digest can tell.
+pub(crate) fn forge_list(node: &Node, layer: &Digest, size: u64) {
+    node.corrupt_blob_at(layer, size / 3);
+    let bad = std::fs::read(node.blob_path(layer)).unwrap();
+    let mut list = Vec::new();
+    list.extend_from_slice(&MIB.to_be_bytes());
+    list.extend_from_slice(&size.to_be_bytes());
+    for c in bad.chunks(MIB as usize) {
+        list.extend_from_slice(hex_decode(Digest::sha256_of(c).hex()).as_slice());
+    }
+    std::fs::write(list_path(node, layer), list).unwrap();
 }
 
 fn hex_decode(s: &str) -> Vec<u8> {

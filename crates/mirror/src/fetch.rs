@@ -41,13 +41,16 @@ impl Pool {
         }
     }
 
-    /// Make `providers` available again (a later pass may ask them a second time).
-    pub(crate) fn requeue(&mut self, providers: impl IntoIterator<Item = Provider>) {
+    /// Make `providers` available again (a later pass may ask them a second time); returns
+    /// how many were.
+    pub(crate) fn requeue(&mut self, providers: impl IntoIterator<Item = Provider>) -> usize {
+        let before = self.queue.len();
         for p in providers {
             if self.seen.remove(&p.peer) {
                 self.queue.push_back(p);
             }
         }
+        self.queue.len() - before
     }
 
     /// Has the DHT stream ended (no provider can arrive any more)?

@@ -110,7 +110,9 @@ async fn handle(State(state): State<MirrorState>, req: Request) -> Response {
             }
             // The permit lives as long as the body: a streaming blob counts until its last byte.
             let (res_parts, body) = res.into_parts();
-            Response::from_parts(res_parts, TracedBody::wrap(body, trace, permit))
+            let length = res_parts.headers.get(header::CONTENT_LENGTH);
+            let length = length.and_then(|v| v.to_str().ok()?.parse().ok());
+            Response::from_parts(res_parts, TracedBody::wrap(body, trace, length, permit))
         }
         Err(e) => {
             let reason = e.to_string();
@@ -386,16 +388,21 @@ async fn blob(shared: &Arc<Shared>, ask: &Ask, repository: Repository, digest: D
         meta.size = bytes.len() as u64;
         return Ok((serve::buffered(&meta, ask.range, bytes)?, Source::Peer));
     }
-    if let Some(ingest) = stream::ingest_for(shared, ask.range.is_none(), opened.size) {
-        let w = serve::window(None, opened.size)?;
+    let cfg = &shared.cfg;
+    let multi = opened.size > cfg.multi_peer_threshold && cfg.max_peers_per_blob > 1;
+    let ingest = stream::ingest_for(shared, ask.range.is_none());
+    let w = serve::window(ask.range, opened.size)?;
+    if let Some(ingest) = ingest.clone().filter(|_| !multi) {
         let body = stream::start(f, digest.clone(), opened, ingest, slot)
             .await
             .map_err(gave_up)?;
         return Ok((serve::streamed(&meta, w, body), Source::Peer));
     }
-    // Otherwise download whole into a spool file and verify before sending anything (see
-    // `download` for why). A client `Range` is served from the verified file.
-    let w = serve::window(ask.range, opened.size)?;
+    // A multi-peer blob streams only with a piece list (see `multi`).
+    let asked = (multi && ingest.is_some()).then_some(&opened.provider);
+    let list = multi::stream::list(shared, asked, &digest, opened.size).await;
+    // A spool file: the reorder buffer of a streamed multi-peer blob, or where the blob is
+    // verified whole before anything is sent (see `download`; a `Range` is served from it).
     let key = f.key.clone();
     let not_spooled = |e: SpoolError| {
         tracing::warn!(digest = %digest, size = meta.size, error = %e, "cannot spool the blob; answering 404");
@@ -410,11 +417,16 @@ async fn blob(shared: &Arc<Shared>, ask: &Ask, repository: Repository, digest: D
     };
     let mut file = shared
         .spool
-        .create(meta.size, digest.algorithm(), shared.cfg.first_byte_timeout)
+        .create(meta.size, digest.algorithm(), cfg.first_byte_timeout)
         .await
         .map_err(not_spooled)?;
-    let cfg = &shared.cfg;
-    if opened.size > cfg.multi_peer_threshold && cfg.max_peers_per_blob > 1 {
+    if let (Some(ingest), Some(list)) = (ingest, list) {
+        let body = multi::stream::start(f, digest.clone(), opened, list, ingest, (slot, file))
+            .await
+            .map_err(gave_up)?;
+        return Ok((serve::streamed(&meta, w, body), Source::Peer));
+    }
+    if multi {
         multi::download(&mut f, &digest, opened, &mut file).await
     } else {
         download::download(&mut f, &digest, opened, &mut file).await

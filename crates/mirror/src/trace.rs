@@ -22,6 +22,23 @@ use crate::events::{EventSink, FetchEvent, FetchEventKind, RequestEnd};
 
 tokio::task_local! {
     static CURRENT: Arc<RequestTrace>;
+    /// The request id of a task spawned by a request (see [`spawn`]).
+    static DETACHED: u64;
+}
+
+/// Spawn a task that works for the current request (a stream feeding its body): its events
+/// carry the request's id. It holds the id only, not the record, so a client going away still
+/// ends the record at once.
+pub(crate) fn spawn<F>(f: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let id = CURRENT
+        .try_with(|t| t.id)
+        .or_else(|_| DETACHED.try_with(|id| *id))
+        .unwrap_or(0);
+    tokio::spawn(DETACHED.scope(id, f))
 }
 
 /// Unique within the process (the admin API and the event log live as long as it does).
@@ -62,6 +79,7 @@ impl RequestTrace {
                 let _ = t.key.set(key.to_owned());
                 t.id
             })
+            .or_else(|_| DETACHED.try_with(|id| *id))
             .unwrap_or(0)
     }
 
@@ -101,17 +119,26 @@ impl Drop for RequestTrace {
 pub(crate) struct TracedBody<G> {
     inner: Body,
     trace: Arc<RequestTrace>,
+    /// The answer's `Content-Length`: a streamed body whose last byte went out is complete
+    /// even when the server stops polling it before it reports its end.
+    length: Option<u64>,
     _guard: G,
 }
 
 impl<G: Send + Unpin + 'static> TracedBody<G> {
-    pub(crate) fn wrap(inner: Body, trace: Arc<RequestTrace>, guard: G) -> Body {
+    pub(crate) fn wrap(
+        inner: Body,
+        trace: Arc<RequestTrace>,
+        length: Option<u64>,
+        guard: G,
+    ) -> Body {
         if inner.is_end_stream() {
             trace.end(RequestEnd::Completed { sent: 0 });
         }
         Body::new(TracedBody {
             inner,
             trace,
+            length,
             _guard: guard,
         })
     }
@@ -129,12 +156,12 @@ impl<G: Unpin> http_body::Body for TracedBody<G> {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
+                let mut sent = None;
                 if let Some(data) = frame.data_ref() {
-                    this.trace
-                        .sent
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    let n = data.len() as u64;
+                    sent = Some(this.trace.sent.fetch_add(n, Ordering::Relaxed) + n);
                 }
-                if this.inner.is_end_stream() {
+                if this.inner.is_end_stream() || (sent.is_some() && sent == this.length) {
                     let sent = this.trace.sent();
                     this.trace.end(RequestEnd::Completed { sent });
                 }

@@ -2,13 +2,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
 use common::*;
 use http::StatusCode;
-use shoal_mirror::{EventLog, FetchEventKind, MirrorConfig, Source};
+use shoal_mirror::{FetchEventKind, MirrorConfig, Source};
 use shoal_oci::Key;
 
 const SIZE: usize = 2 * 1024 * 1024;
@@ -26,28 +25,6 @@ fn client(prov: &Arc<FakeProviders>) -> Client {
         ..config()
     };
     Client::new(cfg, prov)
-}
-
-/// Bytes per peer from the `Served` events of the last verified download, checking that the
-/// spans of all peers are disjoint and cover the blob exactly.
-fn served(log: &EventLog, key: &str, size: u64) -> HashMap<String, u64> {
-    let mut by_peer = HashMap::new();
-    let mut spans = Vec::new();
-    for e in log.for_key(key) {
-        if let FetchEventKind::Served { bytes, spans: s } = e.kind {
-            assert_eq!(bytes, s.iter().map(|(a, b)| b - a).sum::<u64>());
-            *by_peer.entry(e.peer.unwrap()).or_insert(0) += bytes;
-            spans.extend(s);
-        }
-    }
-    spans.sort_unstable();
-    let mut at = 0;
-    for (s, e) in spans {
-        assert_eq!(s, at, "spans must tile the blob: {by_peer:?}");
-        at = e;
-    }
-    assert_eq!(at, size);
-    by_peer
 }
 
 async fn holders(

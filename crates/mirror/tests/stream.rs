@@ -11,10 +11,8 @@ use std::time::Duration;
 use axum::body::Body;
 use common::*;
 use http::StatusCode;
-use http_body_util::BodyExt;
 use shoal_mirror::{FetchEventKind, MirrorConfig, router};
 use shoal_oci::{Digest, Key};
-use tower::ServiceExt;
 
 /// Piece size of the lists in these tests (the smallest a puller accepts).
 const PIECE: usize = 64 * 1024;
@@ -26,39 +24,6 @@ fn cfg() -> MirrorConfig {
         small_blob_threshold: 16 * 1024,
         multi_peer_threshold: u64::MAX,
         ..config()
-    }
-}
-
-/// Status and what the body delivered before it ended or failed.
-struct Got {
-    status: StatusCode,
-    bytes: Vec<u8>,
-    failed: bool,
-}
-
-async fn fetch(c: &Client, d: &Digest) -> Got {
-    let res = c.r.clone().oneshot(get(&blob_uri(d))).await.unwrap();
-    let status = res.status();
-    let mut body = res.into_body();
-    let mut bytes = Vec::new();
-    let mut failed = false;
-    while let Some(f) = body.frame().await {
-        match f {
-            Ok(f) => {
-                if let Ok(b) = f.into_data() {
-                    bytes.extend_from_slice(&b);
-                }
-            }
-            Err(_) => {
-                failed = true;
-                break;
-            }
-        }
-    }
-    Got {
-        status,
-        bytes,
-        failed,
     }
 }
 

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio_util::sync::CancellationToken;
 
-use super::{JobEnd, WRITE_BATCH};
+use super::WRITE_BATCH;
+use super::run::JobEnd;
 
 /// One range request, running in its own task.
 pub(super) struct RangeJob {

@@ -30,6 +30,24 @@ impl Intervals {
         self.0.insert(start, end);
     }
 
+    /// Forget `[start, end)` (to be fetched again).
+    pub(super) fn remove(&mut self, start: u64, end: u64) {
+        let mut kept = Vec::new();
+        self.0.retain(|&s, &mut e| {
+            if s < end && start < e {
+                kept.extend([(s, start), (end, e)]);
+                false
+            } else {
+                true
+            }
+        });
+        for (s, e) in kept {
+            if s < e {
+                self.0.insert(s, e);
+            }
+        }
+    }
+
     /// End of the contiguous prefix from byte 0.
     pub(super) fn frontier(&self) -> u64 {
         self.0.get(&0).copied().unwrap_or(0)
@@ -48,6 +66,21 @@ pub(super) fn add_span(spans: &mut Vec<(u64, u64)>, s: u64, e: u64) {
         }
     }
     *spans = merged;
+}
+
+/// Take `[s, e)` out of a peer's spans (the bytes are to be fetched again).
+pub(super) fn remove_span(spans: &mut Vec<(u64, u64)>, s: u64, e: u64) {
+    *spans = spans
+        .iter()
+        .flat_map(|&(a, b)| {
+            if a < e && s < b {
+                vec![(a, s.max(a).min(b)), (e.min(b).max(a), b)]
+            } else {
+                vec![(a, b)]
+            }
+        })
+        .filter(|(a, b)| a < b)
+        .collect();
 }
 
 /// Bytes covered by `spans`.
@@ -73,6 +106,13 @@ mod tests {
         assert_eq!(i.0.len(), 1);
         i.insert(50, 50);
         assert_eq!(i.0.len(), 1, "empty intervals are ignored");
+        i.remove(10, 15);
+        assert_eq!(i.frontier(), 10);
+        i.remove(0, 3);
+        assert_eq!(i.frontier(), 0);
+        i.insert(0, 3);
+        i.insert(10, 15);
+        assert_eq!(i.frontier(), 40);
     }
 
     #[test]
@@ -84,5 +124,9 @@ mod tests {
         add_span(&mut s, 64, 80);
         assert_eq!(s, [(0, 48), (64, 80)]);
         assert_eq!(total(&s), 64);
+        remove_span(&mut s, 8, 16);
+        remove_span(&mut s, 60, 70);
+        remove_span(&mut s, 100, 110);
+        assert_eq!(s, [(0, 8), (16, 48), (70, 80)]);
     }
 }

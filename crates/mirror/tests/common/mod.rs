@@ -17,9 +17,10 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use http::{HeaderMap, StatusCode, header};
+use http_body_util::BodyExt;
 use shoal_mirror::{
-    BlobInfo, ByteStream, Descriptor, EventLog, LocalStore, MirrorConfig, MirrorState, Provider,
-    Providers,
+    BlobInfo, ByteStream, Descriptor, EventLog, FetchEventKind, LocalStore, MirrorConfig,
+    MirrorState, Provider, Providers,
 };
 use shoal_oci::{Allowlist, Digest, Key, Range, TagKey};
 use tower::ServiceExt;
@@ -503,4 +504,59 @@ impl Client {
             spool,
         }
     }
+}
+
+/// Status and what the body delivered before it ended or failed.
+pub struct Got {
+    pub status: StatusCode,
+    pub bytes: Vec<u8>,
+    pub failed: bool,
+}
+
+pub async fn fetch(c: &Client, d: &Digest) -> Got {
+    let res = c.r.clone().oneshot(get(&blob_uri(d))).await.unwrap();
+    let status = res.status();
+    let mut body = res.into_body();
+    let mut bytes = Vec::new();
+    let mut failed = false;
+    while let Some(f) = body.frame().await {
+        match f {
+            Ok(f) => {
+                if let Ok(b) = f.into_data() {
+                    bytes.extend_from_slice(&b);
+                }
+            }
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    Got {
+        status,
+        bytes,
+        failed,
+    }
+}
+
+/// Bytes per peer from the `Served` events of the last verified download, checking that the
+/// spans of all peers are disjoint and cover the blob exactly.
+pub fn served(log: &EventLog, key: &str, size: u64) -> HashMap<String, u64> {
+    let mut by_peer = HashMap::new();
+    let mut spans = Vec::new();
+    for e in log.for_key(key) {
+        if let FetchEventKind::Served { bytes, spans: s } = e.kind {
+            assert_eq!(bytes, s.iter().map(|(a, b)| b - a).sum::<u64>());
+            *by_peer.entry(e.peer.unwrap()).or_insert(0) += bytes;
+            spans.extend(s);
+        }
+    }
+    spans.sort_unstable();
+    let mut at = 0;
+    for (s, e) in spans {
+        assert_eq!(s, at, "spans must tile the blob: {by_peer:?}");
+        at = e;
+    }
+    assert_eq!(at, size);
+    by_peer
 }

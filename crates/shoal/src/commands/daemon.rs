@@ -82,7 +82,8 @@ pub struct Args {
     #[arg(long, env = "SHOAL_ADMIN_SOCKET", default_value = crate::admin::DEFAULT_SOCKET)]
     pub admin_socket: PathBuf,
 
-    /// Where blobs fetched from peers are verified before containerd gets any byte of them.
+    /// Where blobs fetched from several peers at once are reassembled in order, and where
+    /// peer blobs that cannot be streamed checked are verified before containerd gets a byte.
     /// Use a disk-backed directory (a tmpfs would hold whole blobs in memory).
     #[arg(long, env = "SHOAL_SPOOL_DIR", default_value = "/var/lib/shoal/spool")]
     pub spool_dir: PathBuf,

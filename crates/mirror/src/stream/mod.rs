@@ -1,5 +1,7 @@
 //! Streaming a large peer blob to containerd as it arrives, piece by piece, without ever letting
-//! containerd commit a byte that failed verification.
+//! containerd commit a byte that failed verification. This module streams from one peer at a
+//! time; [`crate::multi::stream`] streams from several, and both keep the rules below through
+//! [`outlet`].
 //!
 //! What containerd does with a mirror's body (measured, see the crate docs and
 //! `docs/architecture.md`): a body closed normally (FIN) part-way makes it resume at once with
@@ -25,10 +27,9 @@
 //!   run out, the body just ends (FIN): containerd resumes from the next host with `Range` and
 //!   the stitched blob is correct.
 //!
-//! Memory: one piece being gathered plus at most [`QUEUE`] pieces queued to the client.
+//! Memory: one piece being gathered plus the few pieces [`outlet`] queues to the client.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -36,56 +37,24 @@ use futures::StreamExt;
 use http::Method;
 use shoal_oci::{Digest, Hasher};
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::sync::mpsc;
 
 use crate::client::Opened;
 use crate::events::FetchEventKind;
 use crate::fetch::{Fetch, GaveUp};
-use crate::metrics::Source;
 use crate::pieces::{self, PieceList};
-use crate::source::{IngestControl, Provider};
+use crate::source::IngestControl;
 use crate::state::Shared;
 
-/// Whether a peer blob streams as it arrives, and through which ingest control: only when the
-/// local containerd ingest can be aborted, the request is for the `whole` blob and one peer at a
-/// time serves it (a multi-peer download is spooled and verified whole first).
-pub(crate) fn ingest_for(
-    shared: &Shared,
-    whole: bool,
-    size: u64,
-) -> Option<Arc<dyn IngestControl>> {
-    let cfg = &shared.cfg;
-    let multi = size > cfg.multi_peer_threshold && cfg.max_peers_per_blob > 1;
+pub(crate) mod outlet;
+
+use outlet::{ClientGone, List, Outlet, Piece};
+
+/// The ingest control to stream a peer blob with: only when the local containerd ingest can be
+/// aborted and the request is for the `whole` blob. Without it, the blob is spooled and verified
+/// whole before the first byte.
+pub(crate) fn ingest_for(shared: &Shared, whole: bool) -> Option<Arc<dyn IngestControl>> {
     let ingest = shared.ingest.as_ref()?;
-    (whole && !multi && ingest.available()).then(|| ingest.clone())
-}
-
-/// Pieces queued between the fetch task and the client body.
-const QUEUE: usize = 2;
-/// Longest wait for a piece list before streaming without one.
-const LIST_WAIT: Duration = Duration::from_millis(500);
-/// Holders asked for a list.
-const LIST_TRIES: usize = 3;
-
-/// One piece as the chunks it arrived in from the peer connection (slices of the HTTP client's
-/// read buffers): gathering, hashing and sending it copies nothing.
-#[derive(Default)]
-struct Piece {
-    chunks: Vec<Bytes>,
-    len: u64,
-}
-
-impl Piece {
-    fn push(&mut self, chunk: Bytes) {
-        self.len += chunk.len() as u64;
-        self.chunks.push(chunk);
-    }
-}
-
-/// Where the piece list stands.
-enum List {
-    Checked { list: PieceList, holder: String },
-    None,
+    (whole && ingest.available()).then(|| ingest.clone())
 }
 
 /// Why the piece stream stopped before the end.
@@ -94,6 +63,12 @@ enum Stop {
     NoPeer(String),
     /// The client went away.
     ClientGone,
+}
+
+impl From<ClientGone> for Stop {
+    fn from(_: ClientGone) -> Self {
+        Stop::ClientGone
+    }
 }
 
 struct Streamer {
@@ -109,11 +84,7 @@ struct Streamer {
     /// Bytes of the current response not yet used (past the end of the previous piece).
     carry: Bytes,
     whole: Option<Hasher>,
-    sent: u64,
-    /// Some byte sent was not checked against a list.
-    unchecked_sent: bool,
     contributors: Vec<String>,
-    ingest: Arc<dyn IngestControl>,
 }
 
 /// Start streaming blob `digest` (of `first.size` bytes, `first` opened at offset 0). Returns
@@ -128,7 +99,7 @@ pub(crate) async fn start(
     debug_assert_eq!(first.offset, 0);
     let shared = fetch.shared.clone();
     let size = first.size;
-    let list = fetch_list(fetch.shared.clone(), &first.provider, &digest, size).await;
+    let list = outlet::fetch_list(fetch.shared.clone(), &first.provider, &digest, size).await;
     let piece_size = match &list {
         List::Checked { list, .. } => list.piece_size,
         List::None => pieces::PIECE_SIZE,
@@ -137,17 +108,14 @@ pub(crate) async fn start(
         contributors: vec![first.provider.peer.clone()],
         whole: Some(digest.algorithm().hasher()),
         fetch,
-        shared,
-        digest,
+        shared: shared.clone(),
+        digest: digest.clone(),
         size,
         piece_size,
         list,
         misses: 0,
         current: Some(first),
         carry: Bytes::new(),
-        sent: 0,
-        unchecked_sent: false,
-        ingest,
     };
     let count = PieceList::count(size, piece_size);
     let first_piece = loop {
@@ -166,61 +134,45 @@ pub(crate) async fn start(
             Stop::ClientGone => GaveUp("client went away".into()),
         })?;
     };
-    let (tx, rx) = mpsc::channel::<std::io::Result<Piece>>(QUEUE);
-    tokio::spawn(async move {
+    let (out, rx) = Outlet::new(shared, s.fetch.key.clone(), digest, ingest);
+    crate::trace::spawn(async move {
         let _slot = slot;
-        s.run(first_piece, count, tx).await;
+        s.run(first_piece, count, out).await;
     });
-    // A piece goes out as the chunks it arrived in: no copy on the way to the client.
-    let body = futures::stream::unfold(rx, |mut rx| async move {
-        let item = rx.recv().await?;
-        Some((item, rx))
-    })
-    .flat_map(|item| {
-        futures::stream::iter(match item {
-            Ok(piece) => piece.chunks.into_iter().map(Ok).collect::<Vec<_>>(),
-            Err(e) => vec![Err(e)],
-        })
-    });
-    Ok(Body::from_stream(body))
+    Ok(outlet::body(None, rx))
 }
 
 impl Streamer {
     /// Send piece 0 (already in hand) and every later piece, holding the last until the whole
     /// digest matched.
-    async fn run(&mut self, first: Piece, count: u64, tx: mpsc::Sender<std::io::Result<Piece>>) {
+    async fn run(&mut self, first: Piece, count: u64, mut out: Outlet) {
         let mut next = Some(first);
         for i in 0..count {
             let piece = match next.take() {
                 Some(p) => p,
                 None => match self.piece(i).await {
                     Ok(p) => p,
-                    Err(stop) => return self.stop(stop, &tx).await,
+                    Err(stop) => return self.stop(stop, &mut out).await,
                 },
             };
             if i + 1 == count {
                 if count > 1 {
                     let got = self.whole.take().map(Hasher::finish);
                     if got.as_ref() != Some(&self.digest) {
-                        return self.mismatch(got, &tx).await;
+                        return self.mismatch(got, &mut out).await;
                     }
                 }
-                tracing::info!(digest = %self.digest, bytes = self.size, peers = ?self.contributors, checked = !self.unchecked_sent, "blob streamed and verified");
+                tracing::info!(digest = %self.digest, bytes = self.size, peers = ?self.contributors, checked = !out.unchecked_sent, "blob streamed and verified");
                 self.shared.event(
                     &self.fetch.key,
                     self.contributors.last().map(String::as_str),
                     FetchEventKind::Verified { bytes: self.size },
                 );
             }
-            let len = piece.len;
-            if !matches!(self.list, List::Checked { .. }) {
-                self.unchecked_sent = true;
+            let checked = self.list.is_checked();
+            if let Err(gone) = out.send(piece, checked).await {
+                return self.stop(gone.into(), &mut out).await;
             }
-            if tx.send(Ok(piece)).await.is_err() {
-                return self.stop(Stop::ClientGone, &tx).await;
-            }
-            self.shared.metrics.add_bytes(Source::Peer, len);
-            self.sent += len;
         }
     }
 
@@ -256,65 +208,23 @@ impl Streamer {
         self.reopen(0).await
     }
 
-    /// The blob failed before its end: repair the ingest when unchecked bytes went out, then
-    /// end the body with an error (a normal close; containerd resumes elsewhere).
-    async fn stop(&mut self, stop: Stop, tx: &mpsc::Sender<std::io::Result<Piece>>) {
+    /// The blob failed before its end (see [`Outlet::stop`]).
+    async fn stop(&mut self, stop: Stop, out: &mut Outlet) {
         let why = match stop {
             Stop::NoPeer(why) => why,
             Stop::ClientGone => "the client went away".into(),
         };
-        tracing::warn!(digest = %self.digest, sent = self.sent, reason = %why, unchecked = self.unchecked_sent, "peer stream stopped before the end");
-        self.shared.event(
-            &self.fetch.key,
-            None,
-            FetchEventKind::GaveUp {
-                reason: why.clone(),
-            },
-        );
-        if self.unchecked_sent {
-            self.abort_ingest().await;
-        }
-        let _ = tx
-            .send(Err(std::io::Error::other(format!(
-                "peer stream stopped: {why}"
-            ))))
-            .await;
+        out.stop(why).await;
     }
 
     /// The whole digest did not match: the tail is never sent, the ingest is aborted.
-    async fn mismatch(&mut self, got: Option<Digest>, tx: &mpsc::Sender<std::io::Result<Piece>>) {
+    async fn mismatch(&mut self, got: Option<Digest>, out: &mut Outlet) {
         let peers = match &self.list {
             // Every piece matched the list, so the list (and its holder) lied.
             List::Checked { holder, .. } => vec![holder.clone()],
             List::None => self.contributors.clone(),
         };
-        for p in &peers {
-            self.shared.bad.mark(p, &self.digest);
-        }
-        tracing::error!(digest = %self.digest, got = ?got.map(|d| d.to_string()), ?peers, sent = self.sent, "streamed blob does not match its digest; the last piece is withheld and the ingest aborted");
-        let last = peers.last().cloned();
-        self.shared.event(
-            &self.fetch.key,
-            last.as_deref(),
-            FetchEventKind::DigestMismatch { peers },
-        );
-        self.abort_ingest().await;
-        let _ = tx
-            .send(Err(std::io::Error::other("blob failed verification")))
-            .await;
-    }
-
-    async fn abort_ingest(&mut self) {
-        match self.ingest.abort(&self.digest).await {
-            Ok(n) => {
-                tracing::warn!(digest = %self.digest, aborted = n, "aborted containerd's ingest of a blob that failed after bytes were sent");
-                self.shared.metrics.ingest_abort(true);
-            }
-            Err(e) => {
-                tracing::error!(digest = %self.digest, error = %e, "could not abort containerd's ingest");
-                self.shared.metrics.ingest_abort(false);
-            }
-        }
+        out.mismatch(got, peers).await;
     }
 
     fn gave_up(&self, why: String) -> GaveUp {
@@ -336,25 +246,10 @@ impl Streamer {
         self.misses = 0;
         loop {
             let bytes = self.gather(start, len).await?;
-            let expected = match &self.list {
-                List::Checked { list, .. } => Some(list.hashes[i as usize]),
-                List::None => None,
-            };
-            let whole = self.whole.take();
-            let (ok, whole, bytes) = tokio::task::spawn_blocking(move || {
-                let ok = expected.is_none_or(|h| pieces::hash_chunks(&bytes.chunks) == h);
-                let mut whole = whole;
-                if ok {
-                    if let Some(w) = whole.as_mut() {
-                        for c in &bytes.chunks {
-                            w.update(c);
-                        }
-                    }
-                }
-                (ok, whole, bytes)
-            })
-            .await
-            .map_err(|e| Stop::NoPeer(format!("hashing task failed: {e}")))?;
+            let expected = self.list.expected(i);
+            let (ok, whole, bytes) = outlet::check(bytes, expected, self.whole.take())
+                .await
+                .map_err(Stop::NoPeer)?;
             self.whole = whole;
             if ok {
                 return Ok(bytes);
@@ -373,19 +268,17 @@ impl Streamer {
             .unwrap_or_default();
         self.carry = Bytes::new();
         self.misses += 1;
-        self.shared.bad.mark(&peer, &self.digest);
-        self.shared.metrics.bad_piece();
         // The list was made when its holder's copy matched the whole digest, so a holder whose
         // bytes no longer match its own list has a copy that went bad since: keep the list.
         // Only two different peers failing the same piece cast doubt on the list itself.
-        let drop_list = matches!(self.list, List::Checked { .. }) && self.misses >= 2;
-        tracing::warn!(digest = %self.digest, %peer, piece = i, offset = start, drop_list, "piece does not match the piece list; fetching it from another peer");
-        self.shared.event(
+        let drop_list = self.list.is_checked() && self.misses >= 2;
+        outlet::bad_piece(
+            &self.shared,
             &self.fetch.key,
-            Some(&peer),
-            FetchEventKind::DigestMismatch {
-                peers: vec![peer.clone()],
-            },
+            &self.digest,
+            &[peer],
+            (i, start),
+            drop_list,
         );
         if drop_list {
             self.list = List::None;
@@ -458,46 +351,6 @@ impl Streamer {
                 Ok(())
             }
             Err(GaveUp(why)) => Err(Stop::NoPeer(why)),
-        }
-    }
-}
-
-/// The piece list of `digest`, from `first` or (if it has none) from up to [`LIST_TRIES`] - 1
-/// other providers, within [`LIST_WAIT`] in all.
-async fn fetch_list(shared: Arc<Shared>, first: &Provider, digest: &Digest, size: u64) -> List {
-    if digest.algorithm() != shoal_oci::Algorithm::Sha256 {
-        return List::None;
-    }
-    let key = shoal_oci::Key::Digest(digest.clone());
-    let find = async {
-        let mut others = shared
-            .providers
-            .find(&key)
-            .filter(|p| {
-                let ok = p.peer != first.peer && !shared.bad.is_bad(&p.peer, digest);
-                async move { ok }
-            })
-            .take(LIST_TRIES - 1)
-            .boxed();
-        let mut next = Some(first.clone());
-        loop {
-            let p = match next.take() {
-                Some(p) => p,
-                None => others.next().await?,
-            };
-            match shared.client.pieces(&p, digest, size).await {
-                Ok(list) => return Some((list, p.peer)),
-                Err(e) => {
-                    tracing::debug!(digest = %digest, peer = %p.peer, error = %e, "no piece list from this holder");
-                }
-            }
-        }
-    };
-    match tokio::time::timeout(LIST_WAIT, find).await {
-        Ok(Some((list, holder))) => List::Checked { list, holder },
-        _ => {
-            tracing::debug!(digest = %digest, "streaming without a piece list");
-            List::None
         }
     }
 }
