@@ -54,11 +54,18 @@ pub(crate) fn setup_with(img: TestImage) -> Setup {
     // three holders, and two extra 1 GiB peer transfers would make it slower and its failures
     // about something else than what these tests check. Each daemon advertises what its
     // containerd holds when it starts.
-    for i in 0..3 {
-        rig.node(i)
-            .pull(img.reference())
-            .unwrap_or_else(|e| panic!("holder {i} pulls from the registry: {e}"));
-    }
+    // The three pulls run at once (they are independent), which shortens every multi-peer
+    // test's setup.
+    std::thread::scope(|s| {
+        for i in 0..3 {
+            let (rig, img) = (&rig, &img);
+            s.spawn(move || {
+                rig.node(i)
+                    .pull(img.reference())
+                    .unwrap_or_else(|e| panic!("holder {i} pulls from the registry: {e}"));
+            });
+        }
+    });
     let daemons = shoal_cluster(&rig);
     let (layer, size) = img.layers().last().expect("a layer").clone();
     let puller = &daemons[3];

@@ -130,7 +130,7 @@ fn corrupt_last_bytes_on_one_of_three_holders_are_replaced_in_the_same_pull() {
 }
 
 #[test]
-fn a_holder_whose_list_lies_is_caught_at_the_tail_and_the_next_pull_succeeds() {
+fn a_holder_whose_list_lies_is_caught_at_the_tail_and_the_blob_comes_from_the_honest_holders() {
     let s = holders();
     let (rig, puller) = (&s.rig, &s.daemons[3]);
     forge_list(rig.node(0), &s.layer, s.size);
@@ -145,14 +145,27 @@ fn a_holder_whose_list_lies_is_caught_at_the_tail_and_the_next_pull_succeeds() {
     crawl(rig.node(1));
     rig.set_node_link(2, false);
     // Every piece matches the lying list; only the whole digest can tell, at the tail: the
-    // last piece is withheld, the ingest aborted, and the pull fails.
-    let first = rig.node(3).cri_pull(s.img.reference());
-    assert!(
-        first.is_err(),
-        "a lying list completed the body\n{}",
-        puller.log_tail()
-    );
-    assert_no_ingest(rig.node(3), &s.layer, puller);
+    // last piece is withheld and the ingest aborted. containerd then fetches the blob again
+    // (1.6, 1.7 and 2.2 do so within the same pull), which only the honest holders may answer:
+    // they are freed once the abort happened, so that re-fetch is not held up by the staging.
+    let attempts = std::thread::scope(|sc| {
+        let first = sc.spawn(|| rig.node(3).cri_pull(s.img.reference()));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while faults(puller, "ingest_aborted") < 1.0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        unlimit(rig.node(1));
+        rig.set_node_link(2, true);
+        match first.join().expect("pull thread") {
+            Ok(_) => 1,
+            Err(e) => {
+                eprintln!("attempt 1 failed: {e}");
+                assert_no_ingest(rig.node(3), &s.layer, puller);
+                1 + pull_attempts(rig.node(3), puller, &s.img, &s.layer, 2)
+            }
+        }
+    });
+    eprintln!("pulled in {attempts} attempt(s)");
     assert!(
         logged(
             puller,
@@ -167,13 +180,7 @@ fn a_holder_whose_list_lies_is_caught_at_the_tail_and_the_next_pull_succeeds() {
         "{}",
         puller.log_tail()
     );
-    // The liar is marked on the puller: the next attempt comes from the honest holders only
-    // (without a list: verified whole before it is sent).
-    unlimit(rig.node(1));
-    rig.set_node_link(2, true);
-    let attempts = 1 + pull_attempts(rig.node(3), puller, &s.img, &s.layer, 2);
-    eprintln!("pulled in {attempts} attempts");
-    assert_eq!(attempts, 2, "{}", puller.log_tail());
+    assert!(attempts <= 2, "{}", puller.log_tail());
     assert_eq!(multi::committed_digest(&s), s.layer);
     assert_no_ingest(rig.node(3), &s.layer, puller);
     let liar = peer_id(&s.daemons[0]);
