@@ -406,13 +406,8 @@ async fn blob(shared: &Arc<Shared>, ask: &Ask, repository: Repository, digest: D
     let key = f.key.clone();
     let not_spooled = |e: SpoolError| {
         tracing::warn!(digest = %digest, size = meta.size, error = %e, "cannot spool the blob; answering 404");
-        shared.event(
-            &key,
-            None,
-            FetchEventKind::GaveUp {
-                reason: e.to_string(),
-            },
-        );
+        let reason = e.to_string();
+        shared.event(&key, None, FetchEventKind::GaveUp { reason });
         MirrorError::BlobUnknown(format!("{digest} (not spooled: {e})"))
     };
     let mut file = shared
