@@ -12,6 +12,7 @@ mod doctor_speed;
 mod faults;
 mod flood;
 mod health;
+mod herd;
 mod history;
 mod multi;
 mod multi_stream;

@@ -132,6 +132,29 @@ impl Registry {
         self.dir.join("registry.log")
     }
 
+    /// Limits the registry's outgoing bandwidth with `tc tbf` (the upstream link of a cold
+    /// rollout).
+    pub fn limit_rate(&self, mbit: u32) {
+        let rate = format!("{mbit}mbit");
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns,
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                "eth0",
+            ])
+            .args([
+                "root", "tbf", "rate", &rate, "burst", "256kb", "latency", "50ms",
+            ])
+            .output()
+            .unwrap_or_else(|e| panic!("run tc in {}: {e}", self.netns));
+        assert!(out.status.success(), "tc on the registry: {out:?}");
+    }
+
     /// Stop the registry process (storage is kept). Pulls that need it fail until [`Self::start`].
     pub fn stop(&self) {
         if let Some(mut m) = self.lock().take() {

@@ -62,7 +62,7 @@ static LARGE_CHUNKS: Semaphore = Semaphore::const_new(LARGE_CHUNK_BUDGET);
 
 /// The chunk size a read may use for a wanted `n`, with the permit that a large chunk holds
 /// until its bytes are dropped (written to the socket, or the reader gone).
-fn budget(n: usize) -> (usize, Option<SemaphorePermit<'static>>) {
+pub(crate) fn budget(n: usize) -> (usize, Option<SemaphorePermit<'static>>) {
     if n <= SMALL_MAX {
         return (n, None);
     }
@@ -85,7 +85,7 @@ impl<T: AsRef<[u8]>> AsRef<[u8]> for Held<T> {
     }
 }
 
-fn hold<T>(bytes: T, permit: Option<SemaphorePermit<'static>>) -> Bytes
+pub(crate) fn hold<T>(bytes: T, permit: Option<SemaphorePermit<'static>>) -> Bytes
 where
     T: AsRef<[u8]> + Send + 'static,
     Bytes: From<T>,

@@ -77,6 +77,9 @@ pub(crate) struct Opened {
     /// The digest announced by the peer (checked against the request's digest if it had one).
     pub digest: Option<Digest>,
     pub content_type: Option<String>,
+    /// The peer is still receiving the blob (from upstream): its bytes are unverified and
+    /// arrive as fast as its own download ([`crate::herd::in_flight`]).
+    pub in_flight: bool,
     pub body: BoxStream<'static, reqwest::Result<Bytes>>,
 }
 
@@ -209,6 +212,27 @@ impl PeerClient {
             .map_err(|_| OpenError::Timeout(self.headers_timeout))?
     }
 
+    /// A signed `GET pq` to the mirror at `addr` whose answer is all in its headers (a herd
+    /// claim); any status but 200 is an error. Bounded by `timeout`.
+    pub(crate) async fn get_headers(
+        &self,
+        addr: std::net::SocketAddr,
+        pq: &str,
+        timeout: Duration,
+    ) -> Result<http::HeaderMap, OpenError> {
+        let mut req = self.http.get(format!("http://{addr}{pq}"));
+        for (k, v) in self.auth.sign(&Method::GET, pq) {
+            req = req.header(k, v);
+        }
+        let resp = tokio::time::timeout(timeout, req.send())
+            .await
+            .map_err(|_| OpenError::Timeout(timeout))??;
+        if resp.status() != StatusCode::OK {
+            return Err(OpenError::Status(resp.status()));
+        }
+        Ok(resp.headers().clone())
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn request(
         &self,
@@ -302,6 +326,7 @@ impl PeerClient {
             length
         };
         let content_type = text(header::CONTENT_TYPE.as_str());
+        let in_flight = h.contains_key(crate::herd::in_flight::HEADER);
         let body = if method == Method::HEAD {
             futures::stream::empty().boxed()
         } else {
@@ -313,6 +338,7 @@ impl PeerClient {
             offset,
             digest,
             content_type,
+            in_flight,
             body,
         })
     }

@@ -58,6 +58,10 @@ pub struct MirrorConfig {
     /// Longest a call into the local store (containerd) may take: a lookup, opening a read, or
     /// waiting for the next chunk. Past it a lookup counts as "not here" and a read fails.
     pub local_timeout: Duration,
+    /// On a miss of a blob that peers also miss at about the same time (a rollout), how long a
+    /// node that is not elected to fetch it upstream waits for the elected one to start serving
+    /// it as it arrives (see `herd`). Zero turns the election off: every miss is a 404 at once.
+    pub herd_wait: Duration,
 }
 
 /// `--resolve-timeout` default.
@@ -83,6 +87,11 @@ pub const DEFAULT_MAX_PEERS_PER_BLOB: usize = 4;
 /// transfer, small enough that a 1 GiB layer gives 64 pieces to balance between peers.
 pub const DEFAULT_PIECE_SIZE: u64 = 16 * 1024 * 1024;
 
+/// Default `herd_wait`: long enough for the elected node's containerd to open its upstream
+/// connection and receive the first bytes (a registry's first byte is well under a second),
+/// short enough that a failed election costs a pull a few seconds, not a stall.
+pub const DEFAULT_HERD_WAIT: Duration = Duration::from_secs(5);
+
 impl Default for MirrorConfig {
     fn default() -> Self {
         MirrorConfig {
@@ -105,6 +114,7 @@ impl Default for MirrorConfig {
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             max_concurrent_peer_fetches: DEFAULT_MAX_CONCURRENT_PEER_FETCHES,
             local_timeout: Duration::from_secs(5),
+            herd_wait: DEFAULT_HERD_WAIT,
         }
     }
 }

@@ -34,6 +34,19 @@ pub enum FetchEventKind {
     /// Every attempt failed (or the blob could not be spooled); the request was answered 404
     /// with nothing sent.
     GaveUp { reason: String },
+    /// A miss that peers were missing too: this node was elected (by `arbiter`) to let its
+    /// containerd fetch the blob upstream, and answered 404. When the election could not run
+    /// (the arbiter did not answer), `arbiter` says why.
+    HerdFetch { arbiter: String },
+    /// A miss that another node (the event's peer) was elected to fetch upstream: after
+    /// `waited_ms` it served the blob as it arrived, and this node streamed it from there.
+    HerdWait { waited_ms: u64 },
+    /// The node elected to fetch the blob (the event's peer) did not serve it in time: this
+    /// node answered 404 and its containerd fetched the blob upstream.
+    HerdGaveUp { reason: String },
+    /// Served to a peer from the local containerd's download still in progress (`total` bytes
+    /// expected): the bytes were passed on as they arrived.
+    InFlight { total: u64 },
     /// The request ended; the last event of every request that emitted any.
     Ended(RequestEnd),
 }

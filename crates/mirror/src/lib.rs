@@ -52,6 +52,7 @@ mod download;
 mod error;
 mod events;
 mod fetch;
+mod herd;
 mod metrics;
 mod multi;
 mod peer_auth;
@@ -69,7 +70,7 @@ mod trace;
 
 pub use client::DIGEST_HEADER;
 pub use config::{
-    DEFAULT_MAX_CONCURRENT_PEER_FETCHES, DEFAULT_MAX_CONCURRENT_REQUESTS,
+    DEFAULT_HERD_WAIT, DEFAULT_MAX_CONCURRENT_PEER_FETCHES, DEFAULT_MAX_CONCURRENT_REQUESTS,
     DEFAULT_MAX_CONCURRENT_SPOOLS, DEFAULT_MAX_PEERS_PER_BLOB, DEFAULT_MULTI_PEER_THRESHOLD,
     DEFAULT_PIECE_SIZE, DEFAULT_RESOLVE_TIMEOUT, DEFAULT_SMALL_BLOB_THRESHOLD, MirrorConfig,
 };
@@ -87,6 +88,7 @@ pub use server::{
     DEFAULT_MAX_HEADER_BYTES, ServerLimits, serve,
 };
 pub use source::{
-    BlobInfo, ByteStream, Descriptor, IngestControl, LocalStore, Provider, Providers,
+    BlobInfo, ByteStream, Descriptor, Growing, IngestControl, LocalPeer, LocalStore, Provider,
+    Providers,
 };
 pub use state::{BuildError, MirrorState, MirrorStateBuilder};

@@ -60,6 +60,13 @@ pub struct Metrics {
     advertised: Gauge,
     refusals: Refusals,
     stream: Family<StreamLabels, Counter>,
+    herd: Family<HerdLabels, Counter>,
+    in_flight: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HerdLabels {
+    outcome: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -118,7 +125,24 @@ impl Metrics {
              failed after bytes were sent and containerd's ingest was aborted)",
             stream.clone(),
         );
+        let herd = Family::<HerdLabels, Counter>::default();
+        registry.register(
+            "mirror_herd",
+            "Misses that went through the herd election, by outcome: fetcher (this node was \
+             elected to fetch upstream), streamed (another node was fetching it and this node \
+             streamed it from there: an upstream fetch avoided), timeout (the fetcher did not \
+             serve it in time: fetched upstream), no_arbiter (the election could not run)",
+            herd.clone(),
+        );
+        let in_flight = Counter::default();
+        registry.register(
+            "mirror_in_flight_bytes",
+            "Bytes served to peers from a download still in progress on this node",
+            in_flight.clone(),
+        );
         Metrics {
+            herd,
+            in_flight,
             stream,
             registry: Arc::new(registry),
             requests,
@@ -183,6 +207,20 @@ impl Metrics {
                 event: event.to_owned(),
             })
             .inc();
+    }
+
+    /// A miss went through the herd election with `outcome`.
+    pub(crate) fn herd(&self, outcome: &str) {
+        self.herd
+            .get_or_create(&HerdLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Bytes passed on to a peer from a download in progress.
+    pub(crate) fn add_in_flight_bytes(&self, n: u64) {
+        self.in_flight.inc_by(n);
     }
 
     /// A peer sent nothing for the idle timeout.

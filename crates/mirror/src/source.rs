@@ -49,6 +49,23 @@ pub trait LocalStore: Send + Sync + 'static {
 
     /// The manifest a tag points at locally (from containerd's image records).
     fn resolve_tag<'a>(&'a self, tag: &'a TagKey) -> BoxFuture<'a, Option<Descriptor>>;
+
+    /// A blob the local containerd is still writing (an upstream fetch in progress), from
+    /// `offset`: its expected size and its bytes as they are written. The bytes are **not
+    /// verified**; whoever receives them checks the digest. `None` when no such write is active.
+    fn growing<'a>(&'a self, digest: &'a Digest, offset: u64) -> BoxFuture<'a, Option<Growing>> {
+        let _ = (digest, offset);
+        Box::pin(async { None })
+    }
+}
+
+/// A blob being written by the local containerd (see [`LocalStore::growing`]).
+#[allow(missing_debug_implementations)]
+pub struct Growing {
+    /// The size the writer expects.
+    pub total: u64,
+    /// Its bytes from the requested offset, yielded as they are written; an error ends it.
+    pub stream: ByteStream,
 }
 
 /// A peer that advertised a key, reachable at `addr` (its mirror endpoint).
@@ -65,6 +82,24 @@ pub trait Providers: Send + Sync + 'static {
     /// Providers of `key` as they arrive. The stream may stay pending forever; the mirror bounds
     /// every wait with its own timeouts. It should not yield this node itself.
     fn find(&self, key: &Key) -> BoxStream<'static, Provider>;
+
+    /// This node as a member of the cluster; `None` without a DHT (then a miss is a plain 404:
+    /// no election, see [`crate::herd`]).
+    fn local(&self) -> Option<LocalPeer> {
+        None
+    }
+
+    /// The peers this node holds a live connection to now, with their mirror endpoints.
+    fn connected(&self) -> BoxFuture<'static, Vec<Provider>> {
+        Box::pin(async { Vec::new() })
+    }
+}
+
+/// This node's identity and mirror port, as its peers reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalPeer {
+    pub peer: String,
+    pub mirror_port: u16,
 }
 
 /// Control over the local containerd's ingests (in-progress writes), used when bytes already

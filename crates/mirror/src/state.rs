@@ -8,6 +8,7 @@ use crate::bad_peers::BadPeers;
 use crate::client::PeerClient;
 use crate::config::MirrorConfig;
 use crate::events::{EventSink, FetchEvent, FetchEventKind, NoEvents};
+use crate::herd::Herd;
 use crate::metrics::Metrics;
 use crate::peer_auth::{HeaderMarker, PeerAuth};
 use crate::pieces::Pieces;
@@ -43,6 +44,8 @@ pub(crate) struct Shared {
     pub requests: Arc<tokio::sync::Semaphore>,
     /// One permit per client request being served from peers.
     pub peer_fetches: Arc<tokio::sync::Semaphore>,
+    /// The cold-rollout election's claims and the blobs the local containerd asked for.
+    pub herd: Herd,
 }
 
 impl Shared {
@@ -225,6 +228,7 @@ impl MirrorStateBuilder {
             metrics: self.metrics.unwrap_or_default(),
             events: self.events.unwrap_or_else(|| Arc::new(NoEvents)),
             spool,
+            herd: Herd::default(),
         })))
     }
 }

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use shoal_oci::{Digest, TagKey};
 
-use crate::source::{BlobInfo, ByteStream, Descriptor, LocalStore};
+use crate::source::{BlobInfo, ByteStream, Descriptor, Growing, LocalStore};
 
 pub(crate) struct TimedStore {
     pub inner: Arc<dyn LocalStore>,
@@ -62,6 +62,17 @@ impl LocalStore for TimedStore {
                 }
             });
             Ok(timed.boxed())
+        })
+    }
+
+    /// Only finding the write is timed: a growing read waits for its writer by design, and
+    /// bounds that wait itself.
+    fn growing<'a>(&'a self, digest: &'a Digest, offset: u64) -> BoxFuture<'a, Option<Growing>> {
+        Box::pin(async move {
+            tokio::time::timeout(self.limit, self.inner.growing(digest, offset))
+                .await
+                .ok()
+                .flatten()
         })
     }
 

@@ -99,7 +99,13 @@ pub(crate) async fn start(
     debug_assert_eq!(first.offset, 0);
     let shared = fetch.shared.clone();
     let size = first.size;
-    let list = outlet::fetch_list(fetch.shared.clone(), &first.provider, &digest, size).await;
+    // Bytes still arriving on their holder have no list, and they are not worth waiting for one.
+    let in_flight = first.in_flight;
+    let list = if in_flight {
+        List::None
+    } else {
+        outlet::fetch_list(fetch.shared.clone(), &first.provider, &digest, size).await
+    };
     let piece_size = match &list {
         List::Checked { list, .. } => list.piece_size,
         List::None => pieces::PIECE_SIZE,
@@ -134,7 +140,8 @@ pub(crate) async fn start(
             Stop::ClientGone => GaveUp("client went away".into()),
         })?;
     };
-    let (out, rx) = Outlet::new(shared, s.fetch.key.clone(), digest, ingest);
+    let (mut out, rx) = Outlet::new(shared, s.fetch.key.clone(), digest, ingest);
+    out.repair_on_stop = !in_flight;
     crate::trace::spawn(async move {
         let _slot = slot;
         s.run(first_piece, count, out).await;

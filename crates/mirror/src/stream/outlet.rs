@@ -98,6 +98,11 @@ pub(crate) struct Outlet {
     pub(crate) sent: u64,
     /// Some byte sent was not checked against a list.
     pub(crate) unchecked_sent: bool,
+    /// Abort the ingest when the stream stops after unchecked bytes. Off for bytes from a node
+    /// still downloading the blob (see `herd`): when that node stops, the body ends and
+    /// containerd resumes from the registry with `Range`, and checks the stitched blob's digest
+    /// at commit, instead of failing the pull.
+    pub(crate) repair_on_stop: bool,
 }
 
 /// The client went away.
@@ -120,6 +125,7 @@ impl Outlet {
             ingest,
             sent: 0,
             unchecked_sent: false,
+            repair_on_stop: true,
         };
         (outlet, rx)
     }
@@ -153,7 +159,7 @@ impl Outlet {
                 reason: why.clone(),
             },
         );
-        if self.unchecked_sent {
+        if self.unchecked_sent && self.repair_on_stop {
             self.abort_ingest().await;
         }
         let _ = self

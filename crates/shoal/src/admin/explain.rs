@@ -50,6 +50,8 @@ fn one_request(events: &[&FetchEvent], size: u64, addrs: &HashMap<String, String
     };
     let mut last = started;
     let mut end: Option<&RequestEnd> = None;
+    // Set when the bytes came from a node that was still fetching the blob upstream.
+    let mut herd_wait: Option<u64> = None;
     for ev in events {
         last = ev.at;
         let peer = ev.peer.clone().unwrap_or_default();
@@ -133,6 +135,13 @@ fn one_request(events: &[&FetchEvent], size: u64, addrs: &HashMap<String, String
                     1 => format!("{by} after 1 failover"),
                     n => format!("{by} after {n} failovers"),
                 };
+                if let Some(w) = herd_wait {
+                    req.summary = format!(
+                        "{}; peer {peer} was fetching it upstream and passed it on as it \
+                         arrived (waited {w} ms for it to start)",
+                        req.summary
+                    );
+                }
             }
             FetchEventKind::GaveUp { reason } => {
                 req.source = "failed".into();
@@ -140,6 +149,38 @@ fn one_request(events: &[&FetchEvent], size: u64, addrs: &HashMap<String, String
                 req.summary = format!(
                     "every peer failed ({reason}); containerd fell back upstream or retried"
                 );
+            }
+            FetchEventKind::HerdFetch { arbiter } => {
+                req.source = "upstream".into();
+                req.summary = format!(
+                    "peers missed it too; this node was elected (arbiter {arbiter}) to fetch it \
+                     upstream: answered 404, containerd fetched it from the registry, and peers \
+                     streamed it from here as it arrived"
+                );
+            }
+            FetchEventKind::HerdWait { waited_ms } => {
+                req.source = "peer".into();
+                req.peer_id = peer.clone();
+                req.peer_addr = addr(&peer);
+                herd_wait = Some(*waited_ms);
+            }
+            FetchEventKind::HerdGaveUp { reason } => {
+                req.source = "miss".into();
+                req.failovers.push(Failover {
+                    peer_id: peer.clone(),
+                    reason_kind: "herd-timeout".into(),
+                    reason: reason.clone(),
+                    offset: 0,
+                });
+                req.summary = format!(
+                    "peer {peer} was elected to fetch it upstream but did not serve it in time: \
+                     answered 404, containerd fetched it upstream"
+                );
+            }
+            FetchEventKind::InFlight { total } => {
+                req.source = "in-flight".into();
+                req.bytes = *total;
+                req.summary = "passed on to a peer as this node's containerd downloaded it".into();
             }
             FetchEventKind::Ended(e) => end = Some(e),
         }

@@ -13,7 +13,8 @@ use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream, StreamExt};
 use shoal_containerd::ContentSource;
 use shoal_mirror::{
-    BlobInfo, ByteStream, Descriptor, IngestControl, LocalStore, Provider, Providers,
+    BlobInfo, ByteStream, Descriptor, Growing, IngestControl, LocalPeer, LocalStore, Provider,
+    Providers,
 };
 use shoal_oci::{Digest, Key, TagKey};
 
@@ -115,6 +116,25 @@ impl LocalStore for ContainerdStore {
         })
     }
 
+    /// An ingest of `digest` in this namespace, read while it grows. Which digests may be
+    /// passed on this way is the mirror's rule (blobs the local containerd asked it for), not
+    /// the advertised set: a blob still downloading is not advertised yet.
+    fn growing<'a>(&'a self, digest: &'a Digest, offset: u64) -> BoxFuture<'a, Option<Growing>> {
+        Box::pin(async move {
+            let source = self.source.get()?;
+            match source.read_growing(digest, offset).await {
+                Ok(g) => g.map(|g| Growing {
+                    total: g.total,
+                    stream: g.stream.map(|r| r.map_err(io::Error::other)).boxed(),
+                }),
+                Err(e) => {
+                    tracing::debug!(digest = %digest, error = %e, "cannot read the ingest");
+                    None
+                }
+            }
+        })
+    }
+
     fn resolve_tag<'a>(&'a self, tag: &'a TagKey) -> BoxFuture<'a, Option<Descriptor>> {
         Box::pin(async move {
             let source = self.source.get()?;
@@ -157,13 +177,18 @@ impl IngestControl for ContainerdStore {
     }
 }
 
-/// Providers of a key, from the DHT, as the mirror wants them (peer id and mirror address).
+/// Providers of a key, from the DHT, as the mirror wants them (peer id and mirror address),
+/// and this node's place among its peers (for the cold-rollout election).
 #[derive(Debug, Clone)]
-pub struct DhtProviders(pub shoal_p2p::Handle);
+pub struct DhtProviders {
+    pub handle: shoal_p2p::Handle,
+    /// This node's mirror port, as peers reach it.
+    pub mirror_port: u16,
+}
 
 impl Providers for DhtProviders {
     fn find(&self, key: &Key) -> BoxStream<'static, Provider> {
-        let handle = self.0.clone();
+        let handle = self.handle.clone();
         let key = key.clone();
         stream::once(async move { handle.find_providers(&key).await })
             .flat_map(|found| match found {
@@ -179,5 +204,31 @@ impl Providers for DhtProviders {
                 }
             })
             .boxed()
+    }
+
+    fn local(&self) -> Option<LocalPeer> {
+        Some(LocalPeer {
+            peer: self.handle.peer_id().to_string(),
+            mirror_port: self.mirror_port,
+        })
+    }
+
+    fn connected(&self) -> BoxFuture<'static, Vec<Provider>> {
+        let handle = self.handle.clone();
+        Box::pin(async move {
+            let Ok(status) = handle.status().await else {
+                return Vec::new();
+            };
+            status
+                .peers
+                .into_iter()
+                .filter_map(|p| {
+                    Some(Provider {
+                        peer: p.peer_id.to_string(),
+                        addr: p.mirror?,
+                    })
+                })
+                .collect()
+        })
     }
 }

@@ -107,7 +107,10 @@ impl App {
         let state = MirrorState::builder(
             mirror_cfg,
             Arc::new(store.clone()),
-            Arc::new(DhtProviders(p2p.clone())),
+            Arc::new(DhtProviders {
+                handle: p2p.clone(),
+                mirror_port: mirror_addr.port(),
+            }),
         )
         .metrics(metrics.clone())
         .events(events.clone())

@@ -92,6 +92,12 @@ pub struct Args {
     #[arg(long, env = "SHOAL_MAX_CONCURRENT_SPOOLS", default_value_t = shoal_mirror::DEFAULT_MAX_CONCURRENT_SPOOLS)]
     pub max_concurrent_spools: usize,
 
+    /// When nodes miss the same new blob at once (a rollout), one is elected to fetch it
+    /// upstream and the others wait up to this long for it to start passing the blob on as it
+    /// arrives; then they fetch upstream themselves. 0 turns the election off.
+    #[arg(long, env = "SHOAL_HERD_WAIT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub herd_wait: Duration,
+
     /// Blobs larger than this many bytes are fetched from several peers at once, in ranges.
     #[arg(long, env = "SHOAL_MULTI_PEER_THRESHOLD", default_value_t = shoal_mirror::DEFAULT_MULTI_PEER_THRESHOLD)]
     pub multi_peer_threshold: u64,
@@ -205,6 +211,7 @@ impl Args {
             spool_dir: self.spool_dir,
             max_concurrent_spools: self.max_concurrent_spools,
             multi_peer_threshold: self.multi_peer_threshold,
+            herd_wait: self.herd_wait,
             max_peers_per_blob: self.max_peers_per_blob,
             piece_size: self.piece_size,
             max_concurrent_requests: self.limits.max_concurrent_requests,

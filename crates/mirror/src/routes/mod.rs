@@ -19,8 +19,8 @@ use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Method, StatusCode, header};
 use shoal_oci::{
-    ApiPath, Digest, Key, MAX_MANIFEST_BYTES, ManifestRef, Range, Repository, Tag, TagKey,
-    normalize_registry, split_registry,
+    ApiPath, Digest, Key, ManifestRef, Range, Repository, TagKey, normalize_registry,
+    split_registry,
 };
 use tracing::{Instrument, field};
 
@@ -29,6 +29,7 @@ use crate::download;
 use crate::error::MirrorError;
 use crate::events::{FetchEventKind, RequestEnd};
 use crate::fetch::{Fetch, GaveUp, Pool};
+use crate::herd::{self, Elected};
 use crate::metrics::Source;
 use crate::multi;
 use crate::peer_auth::PeerCheck;
@@ -41,6 +42,10 @@ use crate::spool::SpoolError;
 use crate::state::{MirrorState, Shared};
 use crate::stream;
 use crate::trace::{RequestTrace, TracedBody};
+
+mod manifest;
+
+use manifest::{manifest_by_digest, manifest_by_tag};
 
 type Served = Result<(Response, Source), MirrorError>;
 
@@ -183,10 +188,14 @@ async fn dispatch(
         let served = pieces::serve_list(shared, from_peer, head, rest).await;
         return ("pieces", "none".into(), served);
     }
-    let ns = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
-        .ok()
-        .and_then(|q| q.0.get("ns").cloned())
-        .filter(|ns| !ns.is_empty());
+    let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+        .map(|q| q.0)
+        .unwrap_or_default();
+    if let Some(rest) = parts.uri.path().strip_prefix(herd::claim::ROUTE) {
+        let served = herd::claim::serve(shared, from_peer, rest, &query, remote);
+        return ("herd", "none".into(), served);
+    }
+    let ns = query.get("ns").cloned().filter(|ns| !ns.is_empty());
     // Without `?ns=` (clients other than containerd: skopeo, crane, oras), the registry may
     // lead the repository: `/v2/<registry>/<repository>/…`. Never guessed otherwise.
     let (path, ns) = match ns {
@@ -346,24 +355,38 @@ async fn blob(shared: &Arc<Shared>, ask: &Ask, repository: Repository, digest: D
     }
     let unknown = || MirrorError::BlobUnknown(digest.to_string());
     if ask.from_peer {
-        return Err(unknown());
+        // A blob this node's containerd is still downloading is passed on as it arrives.
+        let in_flight = herd::in_flight::serve(shared, ask.head, ask.range, &digest).await;
+        return in_flight.unwrap_or_else(|| Err(unknown()));
     }
+    shared.herd.asked(&digest);
     let slot = peer_slot(shared, unknown()).await?;
     let key = Key::Digest(digest.clone());
-    let (pool, first) = resolve(shared, &key, Some(&digest))
-        .await
-        .ok_or_else(unknown)?;
     let path = PeerPath::Blob {
         repository,
         digest: digest.clone(),
     };
-    let mut f = fetch(shared, ask, path, &key, pool);
-    let method = if ask.head { Method::HEAD } else { Method::GET };
     let gave_up = |GaveUp(why)| MirrorError::BlobUnknown(format!("{digest} (peers failed: {why})"));
-    let opened = f
-        .open(method, Some(first), 0, None)
-        .await
-        .map_err(gave_up)?;
+    let (mut f, opened) = match resolve(shared, &key, Some(&digest)).await {
+        Some((pool, first)) => {
+            let mut f = fetch(shared, ask, path, &key, pool);
+            let method = if ask.head { Method::HEAD } else { Method::GET };
+            let opened = f
+                .open(method, Some(first), 0, None)
+                .await
+                .map_err(gave_up)?;
+            (f, opened)
+        }
+        // Only a whole-blob GET takes part in the cold-rollout election (see `herd`).
+        None if ask.head || ask.range.is_some() => return Err(unknown()),
+        None => match herd::on_miss(shared, &ask.registry, &path, &digest).await {
+            Elected::Upstream => return Err(unknown()),
+            Elected::Stream(opened) => {
+                let pool = Pool::new(shared.providers.find(&key));
+                (fetch(shared, ask, path, &key, pool), *opened)
+            }
+        },
+    };
     record_peer(&opened.provider.peer);
     let content_type = opened
         .content_type
@@ -389,7 +412,9 @@ async fn blob(shared: &Arc<Shared>, ask: &Ask, repository: Repository, digest: D
         return Ok((serve::buffered(&meta, ask.range, bytes)?, Source::Peer));
     }
     let cfg = &shared.cfg;
-    let multi = opened.size > cfg.multi_peer_threshold && cfg.max_peers_per_blob > 1;
+    // A blob still downloading on its holder streams from that one node, as it arrives.
+    let multi =
+        opened.size > cfg.multi_peer_threshold && cfg.max_peers_per_blob > 1 && !opened.in_flight;
     let ingest = stream::ingest_for(shared, ask.range.is_none());
     let w = serve::window(ask.range, opened.size)?;
     if let Some(ingest) = ingest.clone().filter(|_| !multi) {
@@ -467,133 +492,4 @@ async fn local_blob(shared: &Arc<Shared>, ask: &Ask, digest: Digest, info: BlobI
     .await?;
     shared.event(&meta.digest.to_string(), None, FetchEventKind::Local);
     Ok((serve::streamed(&meta, w, body), Source::Local))
-}
-
-fn manifest_limit(shared: &Shared) -> u64 {
-    shared
-        .cfg
-        .small_blob_threshold
-        .min(MAX_MANIFEST_BYTES as u64)
-}
-
-/// Serve a manifest from the local store (trusted; read whole, it is small).
-async fn local_manifest(shared: &Arc<Shared>, ask: &Ask, digest: Digest, info: BlobInfo) -> Served {
-    if info.size > manifest_limit(shared) {
-        return Err(MirrorError::ManifestUnknown(format!(
-            "{digest} ({} bytes is too large for a manifest)",
-            info.size
-        )));
-    }
-    if ask.head {
-        if let Some(mt) = info.media_type.clone() {
-            let meta = Meta {
-                digest,
-                size: info.size,
-                content_type: mt,
-            };
-            return Ok((serve::head(&meta), Source::Local));
-        }
-    }
-    let bytes =
-        serve::local_bytes(shared.local.as_ref(), &shared.metrics, &digest, info.size).await?;
-    let meta = Meta {
-        content_type: serve::manifest_media_type(info.media_type.as_deref(), &bytes),
-        digest,
-        size: bytes.len() as u64,
-    };
-    shared.event(&meta.digest.to_string(), None, FetchEventKind::Local);
-    if ask.head {
-        return Ok((serve::head(&meta), Source::Local));
-    }
-    Ok((serve::buffered(&meta, None, bytes)?, Source::Local))
-}
-
-async fn manifest_by_digest(
-    shared: &Arc<Shared>,
-    ask: &Ask,
-    repository: Repository,
-    digest: Digest,
-) -> Served {
-    tracing::Span::current().record("digest", field::display(&digest));
-    if let Some(info) = shared.local.stat(&digest).await {
-        return local_manifest(shared, ask, digest, info).await;
-    }
-    let unknown = || MirrorError::ManifestUnknown(digest.to_string());
-    if ask.from_peer {
-        return Err(unknown());
-    }
-    let _slot = peer_slot(shared, unknown()).await?;
-    let key = Key::Digest(digest.clone());
-    let (pool, first) = resolve(shared, &key, Some(&digest))
-        .await
-        .ok_or_else(unknown)?;
-    let path = PeerPath::Manifest {
-        repository,
-        reference: ManifestRef::Digest(digest.clone()),
-    };
-    peer_manifest(shared, ask, fetch(shared, ask, path, &key, pool), first).await
-}
-
-async fn manifest_by_tag(
-    shared: &Arc<Shared>,
-    ask: &Ask,
-    repository: Repository,
-    tag: Tag,
-) -> Served {
-    let tk = TagKey::new(ask.registry.as_str(), repository.as_str(), tag.as_str());
-    if let Some(desc) = shared.local.resolve_tag(&tk).await {
-        if let Some(mut info) = shared.local.stat(&desc.digest).await {
-            info.media_type = Some(desc.media_type);
-            return local_manifest(shared, ask, desc.digest, info).await;
-        }
-    }
-    let unknown = |why: &str| MirrorError::ManifestUnknown(format!("{tk}{why}"));
-    if ask.from_peer {
-        return Err(unknown(""));
-    }
-    if !shared.cfg.may_resolve_tag(tag.as_str()) {
-        return Err(unknown(
-            " (tag resolution through peers is disabled for this tag)",
-        ));
-    }
-    let _slot = peer_slot(shared, unknown("")).await?;
-    let key = Key::Tag(tk.clone());
-    let (pool, first) = resolve(shared, &key, None)
-        .await
-        .ok_or_else(|| unknown(""))?;
-    let path = PeerPath::Manifest {
-        repository,
-        reference: ManifestRef::Tag(tag),
-    };
-    peer_manifest(shared, ask, fetch(shared, ask, path, &key, pool), first).await
-}
-
-/// Fetch a manifest from peers whole, verify it (against the requested digest, or for a tag
-/// the peer's `Docker-Content-Digest`), then answer.
-async fn peer_manifest(shared: &Arc<Shared>, ask: &Ask, mut f: Fetch, first: Provider) -> Served {
-    let key = f.key.clone();
-    let gave_up =
-        |GaveUp(why)| MirrorError::ManifestUnknown(format!("{key} (peers failed: {why})"));
-    let opened = f
-        .open(Method::GET, Some(first), 0, None)
-        .await
-        .map_err(gave_up)?;
-    let (bytes, opened) = f
-        .buffered(opened, manifest_limit(shared))
-        .await
-        .map_err(gave_up)?;
-    record_peer(&opened.provider.peer);
-    let digest = opened
-        .digest
-        .clone()
-        .ok_or_else(|| MirrorError::Internal("verified manifest without digest".into()))?;
-    let meta = Meta {
-        content_type: serve::manifest_media_type(opened.content_type.as_deref(), &bytes),
-        digest,
-        size: bytes.len() as u64,
-    };
-    if ask.head {
-        return Ok((serve::head(&meta), Source::Peer));
-    }
-    Ok((serve::buffered(&meta, None, bytes)?, Source::Peer))
 }

@@ -1,0 +1,242 @@
+//! Cold rollouts: when several nodes miss the same new blob at about the same time, one of
+//! them lets its containerd fetch it upstream and the others stream it from that node while it
+//! arrives, so the upstream registry serves each new blob about once per cluster instead of
+//! once per node.
+//!
+//! # The election
+//!
+//! On a miss (no provider within the resolve timeout) of a whole-blob `GET` from the local
+//! containerd, the node picks the **arbiter** of the digest: among itself and the peers it holds
+//! a live connection to, the one with the highest rendezvous score `H(peer id, digest)`. It
+//! asks the arbiter for a **claim** (`GET /shoal/v1/herd/<digest>`, signed like every peer
+//! request, [`claim`]). The arbiter keeps one claim per digest, for [`LEASE`]: the first
+//! claimant becomes the **fetcher** and every later one is told who it is.
+//! - The fetcher answers its containerd 404 at once: containerd goes upstream as it does today,
+//!   and its ingest (`<content>/ingest/<id>/data`) starts growing.
+//! - A waiter asks the fetcher for the blob until it answers or [`MirrorConfig::herd_wait`]
+//!   (5 s) has passed. The fetcher serves its growing ingest to signed peers as it is written
+//!   ([`in_flight`]): only blobs its own containerd asked this mirror for, under an allowlisted
+//!   registry, so an image from a registry outside the allowlist (a private Harbor) is never
+//!   passed on. The waiter streams those bytes to its containerd with the whole-digest check
+//!   and the tail hold of [`crate::stream`]; nothing vouches for single pieces (there is no
+//!   piece list for bytes still arriving).
+//! - A waiter that gets nothing within the wait answers 404 (its containerd goes upstream) and
+//!   tells the arbiter the fetcher failed, so the next claimant becomes the fetcher.
+//!
+//! # Why it is correct
+//!
+//! *Safety* does not depend on the election: whatever it decides, a waiter's containerd only
+//! completes a blob whose whole digest matched (tail hold; a mismatch aborts the ingest), and a
+//! fetcher's containerd downloads from upstream and checks the digest itself.
+//!
+//! *Liveness:* every wait is bounded. A claim costs one request with a [`CLAIM_TIMEOUT`]; an
+//! arbiter that does not answer means "fetch it yourself" (today's behaviour). A waiter waits at
+//! most `herd_wait` for the first bytes and then streams under the mirror's usual idle timeout;
+//! when the fetcher stops (killed, its upstream stalls, its pull cancelled) the waiter's body
+//! ends after the bytes already sent and containerd resumes with `Range` from the next host,
+//! the registry, whose bytes complete the blob (containerd checks the digest at commit).
+//!
+//! *At most one fetcher per view:* concurrent misses that pick the same arbiter get one fetcher,
+//! because the arbiter decides alone (one lock, first claim wins). Nodes pick the same arbiter
+//! when they see the same peers: in clusters where every node is connected to every other (the
+//! DHT connects nodes that exchange records, and the liveness check keeps connections up), that
+//! is all of them. A join, a leave or a partition can give two nodes different views; each
+//! view's arbiter then elects its own fetcher: a few fetchers instead of one, never none and
+//! never a wait beyond `herd_wait`. A node with no peers (or no DHT) never waits: its miss is
+//! the same 404 as without the election.
+//!
+//! Only a whole-blob `GET` elects. A `Range` request (containerd resuming) and a `HEAD` miss are
+//! plain 404s: the resumed bytes must come from where containerd goes next.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest as _, Sha256};
+use shoal_oci::Digest;
+
+pub(crate) mod claim;
+pub(crate) mod in_flight;
+mod wait;
+
+pub(crate) use wait::{Elected, on_miss};
+
+use crate::source::Provider;
+
+/// How long an arbiter keeps a claim: a fetcher's upstream download of a large layer, so that a
+/// late miss still finds the node that is fetching it.
+pub(crate) const LEASE: Duration = Duration::from_secs(120);
+/// How long a blob the local containerd asked for stays shareable while it is written.
+const ASKED_TTL: Duration = Duration::from_secs(3600);
+/// Longest wait for the arbiter's answer.
+pub(crate) const CLAIM_TIMEOUT: Duration = Duration::from_millis(500);
+/// Most claims (digests) an arbiter keeps, and most asked blobs remembered.
+const MAX_ENTRIES: usize = 4096;
+
+/// Who fetches a blob upstream, as the arbiter recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Claim {
+    pub peer: String,
+    /// The fetcher's mirror endpoint; `None` when it is the arbiter itself.
+    pub addr: Option<SocketAddr>,
+    at: Instant,
+}
+
+/// The election's state on one node: the claims it arbitrates, and the blobs its own containerd
+/// asked for (which it may pass on while they are written).
+#[derive(Debug, Default)]
+pub(crate) struct Herd {
+    claims: Mutex<HashMap<Digest, Claim>>,
+    asked: Mutex<HashMap<Digest, Instant>>,
+}
+
+impl Herd {
+    /// Record (as arbiter) a claim on `digest` by `peer` at `addr`; returns the fetcher. A
+    /// claim stands for [`LEASE`], unless the caller reports its fetcher as `failed`.
+    pub(crate) fn claim(
+        &self,
+        digest: &Digest,
+        peer: &str,
+        addr: Option<SocketAddr>,
+        failed: Option<&str>,
+    ) -> Claim {
+        let now = Instant::now();
+        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = claims.get(digest) {
+            let stale = now.duration_since(c.at) >= LEASE;
+            let failed = failed.is_some_and(|f| f == c.peer && f != peer);
+            if !stale && !failed {
+                return c.clone();
+            }
+        }
+        let claim = Claim {
+            peer: peer.to_owned(),
+            addr,
+            at: now,
+        };
+        if claims.len() >= MAX_ENTRIES {
+            claims.retain(|_, c| now.duration_since(c.at) < LEASE);
+        }
+        // Full of live claims: the caller fetches (today's behaviour) and nothing is recorded.
+        if claims.len() < MAX_ENTRIES || claims.contains_key(digest) {
+            claims.insert(digest.clone(), claim.clone());
+        }
+        claim
+    }
+
+    /// The local containerd asked this mirror for `digest` (under an allowlisted registry).
+    pub(crate) fn asked(&self, digest: &Digest) {
+        let now = Instant::now();
+        let mut asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        if asked.len() >= MAX_ENTRIES && !asked.contains_key(digest) {
+            asked.retain(|_, at| now.duration_since(*at) < ASKED_TTL);
+            if asked.len() >= MAX_ENTRIES {
+                return;
+            }
+        }
+        asked.insert(digest.clone(), now);
+    }
+
+    /// Did the local containerd ask for `digest` recently (so its ingest may be passed on)?
+    pub(crate) fn was_asked(&self, digest: &Digest) -> bool {
+        let asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        asked.get(digest).is_some_and(|at| at.elapsed() < ASKED_TTL)
+    }
+}
+
+/// The rendezvous score of `peer` for `digest`: every node computes the same order.
+fn score(peer: &str, digest: &Digest) -> u64 {
+    let mut h = Sha256::new();
+    h.update(peer.as_bytes());
+    h.update([0]);
+    h.update(digest.to_string().as_bytes());
+    let out = h.finalize();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&out[..8]);
+    u64::from_be_bytes(b)
+}
+
+/// The arbiter of `digest` among this node (`me`) and `peers`: `None` means this node.
+pub(crate) fn arbiter<'a>(
+    me: &str,
+    peers: &'a [Provider],
+    digest: &Digest,
+) -> Option<&'a Provider> {
+    let mine = score(me, digest);
+    peers
+        .iter()
+        .map(|p| (score(&p.peer, digest), p))
+        .filter(|(s, p)| (*s, p.peer.as_str()) > (mine, me))
+        .max_by(|a, b| (a.0, &a.1.peer).cmp(&(b.0, &b.1.peer)))
+        .map(|(_, p)| p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(i: usize) -> Provider {
+        Provider {
+            peer: format!("peer-{i}"),
+            addr: SocketAddr::from(([10, 0, 0, i as u8], 5000)),
+        }
+    }
+
+    #[test]
+    fn every_node_picks_the_same_arbiter() {
+        let all: Vec<Provider> = (0..7).map(peer).collect();
+        for k in 0..50 {
+            let d = Digest::sha256_of(format!("blob {k}").as_bytes());
+            let picks: Vec<String> = all
+                .iter()
+                .map(|me| {
+                    let others: Vec<Provider> =
+                        all.iter().filter(|p| p.peer != me.peer).cloned().collect();
+                    arbiter(&me.peer, &others, &d).map_or(me.peer.clone(), |p| p.peer.clone())
+                })
+                .collect();
+            assert!(picks.windows(2).all(|w| w[0] == w[1]), "{picks:?}");
+        }
+    }
+
+    #[test]
+    fn arbiters_spread_over_the_nodes() {
+        let all: Vec<Provider> = (1..6).map(peer).collect();
+        let mut chosen = std::collections::HashSet::new();
+        for k in 0..200 {
+            let d = Digest::sha256_of(format!("blob {k}").as_bytes());
+            let a = arbiter("peer-0", &all, &d).map_or("peer-0".to_owned(), |p| p.peer.clone());
+            chosen.insert(a);
+        }
+        assert_eq!(chosen.len(), 6, "every node arbitrates some digests");
+    }
+
+    #[test]
+    fn the_first_claim_wins_until_its_fetcher_is_reported_failed() {
+        let h = Herd::default();
+        let d = Digest::sha256_of(b"x");
+        let a: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        assert_eq!(h.claim(&d, "A", Some(a), None).peer, "A");
+        assert_eq!(h.claim(&d, "B", None, None).peer, "A");
+        // Only the waiter's report about the current fetcher replaces it.
+        assert_eq!(h.claim(&d, "B", None, Some("C")).peer, "A");
+        assert_eq!(h.claim(&d, "A", None, Some("A")).peer, "A");
+        let c = h.claim(&d, "B", None, Some("A"));
+        assert_eq!((c.peer.as_str(), c.addr), ("B", None));
+        assert_eq!(h.claim(&d, "C", None, None).peer, "B");
+    }
+
+    #[test]
+    fn asked_blobs_are_remembered_and_bounded() {
+        let h = Herd::default();
+        let d = Digest::sha256_of(b"x");
+        assert!(!h.was_asked(&d));
+        h.asked(&d);
+        assert!(h.was_asked(&d));
+        for i in 0..(MAX_ENTRIES + 10) {
+            h.asked(&Digest::sha256_of(format!("{i}").as_bytes()));
+        }
+        assert!(h.asked.lock().unwrap().len() <= MAX_ENTRIES);
+    }
+}

@@ -1,0 +1,107 @@
+//! A node's side of the election on a miss: claim, then either go upstream (fetcher, or no
+//! election possible) or wait, bounded, for the fetcher to serve the blob as it arrives.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::Method;
+use shoal_oci::Digest;
+
+use super::{arbiter, claim};
+use crate::client::{Opened, PeerPath};
+use crate::events::FetchEventKind;
+use crate::state::Shared;
+
+/// How often a waiter asks the fetcher again.
+const POLL: Duration = Duration::from_millis(50);
+
+/// What a miss turned into.
+pub(crate) enum Elected {
+    /// Answer 404: this node's containerd fetches the blob upstream (it was elected, or there
+    /// is nobody to elect with).
+    Upstream,
+    /// The fetcher answered: stream the blob from this response.
+    Stream(Box<Opened>),
+}
+
+/// Run the election for a miss of `digest` (a whole-blob GET from the local containerd).
+pub(crate) async fn on_miss(
+    shared: &Arc<Shared>,
+    registry: &str,
+    path: &PeerPath,
+    digest: &Digest,
+) -> Elected {
+    let wait = shared.cfg.herd_wait;
+    if wait.is_zero() {
+        return Elected::Upstream;
+    }
+    let Some(me) = shared.providers.local() else {
+        return Elected::Upstream;
+    };
+    let peers = tokio::time::timeout(super::CLAIM_TIMEOUT, shared.providers.connected())
+        .await
+        .unwrap_or_default();
+    if peers.is_empty() {
+        return Elected::Upstream;
+    }
+    let key = digest.to_string();
+    let arb = arbiter(&me.peer, &peers, digest);
+    let arb_name = arb.map_or_else(|| me.peer.clone(), |a| a.peer.clone());
+    let fetcher = match claim::ask(shared, &me, arb, digest, None).await {
+        Ok(f) => f,
+        Err(reason) => {
+            tracing::warn!(digest = %digest, arbiter = %arb_name, %reason, "no answer from the herd arbiter; fetching upstream");
+            shared.metrics.herd("no_arbiter");
+            shared.event(&key, None, FetchEventKind::HerdFetch { arbiter: reason });
+            return Elected::Upstream;
+        }
+    };
+    if fetcher.peer == me.peer {
+        tracing::info!(digest = %digest, arbiter = %arb_name, "elected to fetch the blob upstream");
+        shared.metrics.herd("fetcher");
+        shared.event(&key, None, FetchEventKind::HerdFetch { arbiter: arb_name });
+        return Elected::Upstream;
+    }
+    let started = Instant::now();
+    let deadline = started + wait;
+    let mut last;
+    loop {
+        let opened = shared
+            .client
+            .open(Method::GET, fetcher.clone(), registry, path, 0, None)
+            .await;
+        match opened {
+            Ok(o) => {
+                let waited_ms = started.elapsed().as_millis() as u64;
+                tracing::info!(digest = %digest, fetcher = %fetcher.peer, waited_ms, in_flight = o.in_flight, "streaming the blob from the node fetching it");
+                shared.metrics.herd("streamed");
+                shared.event(
+                    &key,
+                    Some(&fetcher.peer),
+                    FetchEventKind::HerdWait { waited_ms },
+                );
+                return Elected::Stream(Box::new(o));
+            }
+            Err(e) => last = e.to_string(),
+        }
+        if Instant::now() + POLL >= deadline {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    // The fetcher never served it: say so, so the next claimant (this node, now) fetches.
+    let reason = format!("the fetcher did not serve it within {wait:?} (last: {last})");
+    tracing::warn!(digest = %digest, fetcher = %fetcher.peer, %reason, "fetching upstream");
+    shared.metrics.herd("timeout");
+    shared.event(
+        &key,
+        Some(&fetcher.peer),
+        FetchEventKind::HerdGaveUp {
+            reason: reason.clone(),
+        },
+    );
+    if let Err(e) = claim::ask(shared, &me, arb, digest, Some(&fetcher.peer)).await {
+        tracing::debug!(digest = %digest, error = %e, "could not report the failed fetcher");
+    }
+    Elected::Upstream
+}
