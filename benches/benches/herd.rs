@@ -1,0 +1,146 @@
+//! Cold-rollout benchmark on the real rig (root; not part of `cargo test`):
+//! `cargo bench -p shoal-benches --bench herd` (set `SHOAL_BENCH_NODES`, default 10).
+//!
+//! Every node pulls the same new image (one 200 MiB layer) through the CRI at the same moment,
+//! with the registry's uplink limited by `tc tbf` (`REGISTRY_MBIT`, an upstream slower than the
+//! cluster's own network). Runs alternate between the election on (the default) and off
+//! (`--herd-wait 0`: today's behaviour, every node fetches upstream), each on a fresh rig.
+//! Reported: the layer's bytes the registry served (÷ its size) and the rollout's time (the
+//! last node's pull), medians over the runs.
+
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use shoal_tests::{Daemon, Rig, TestImage};
+
+const RUNS: usize = 2;
+const REGISTRY_MBIT: u32 = 200;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn cluster(rig: &Rig, extra: &[&str]) -> Vec<Daemon> {
+    let mut daemons: Vec<Daemon> = Vec::new();
+    for node in rig.nodes() {
+        node.configure_shoal();
+        let b = node.shoal().args(extra);
+        let d = match daemons.first() {
+            Some(first) => b.bootstrap(first).start(),
+            None => b.start(),
+        };
+        daemons.push(d);
+    }
+    for d in &daemons {
+        d.wait_ready(Duration::from_secs(30));
+    }
+    // The election picks its arbiter among connected peers: wait for the full mesh.
+    let n = daemons.len();
+    for d in &daemons {
+        let meshed = (0..150).any(|_| {
+            let out = d.cli(&["peers", "--json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let k = v["peers"].as_array().map_or(0, |p| {
+                p.iter()
+                    .filter(|p| p["mirror"].as_str().is_some_and(|m| !m.is_empty()))
+                    .count()
+            });
+            k + 1 >= n || {
+                std::thread::sleep(Duration::from_millis(200));
+                false
+            }
+        });
+        assert!(meshed, "not meshed\n{}", d.log_tail());
+    }
+    daemons
+}
+
+/// One rollout on a fresh rig; returns (registry bytes ÷ layer size, every node's seconds).
+fn rollout(nodes: usize, herd: bool) -> (f64, Vec<f64>) {
+    let rig = Rig::builder().nodes(nodes).start();
+    let img = TestImage::big();
+    rig.registry().push(&img);
+    let extra: &[&str] = if herd { &[] } else { &["--herd-wait", "0"] };
+    let daemons = cluster(&rig, extra);
+    rig.registry().limit_rate(REGISTRY_MBIT);
+    let (layer, size) = img.layers().last().expect("a layer").clone();
+    let start = Barrier::new(nodes);
+    let times: Vec<f64> = std::thread::scope(|s| {
+        let hs: Vec<_> = rig
+            .nodes()
+            .iter()
+            .map(|node| {
+                let (start, img) = (&start, &img);
+                s.spawn(move || {
+                    start.wait();
+                    let t = Instant::now();
+                    node.cri_pull(img.reference()).expect("pull");
+                    t.elapsed().as_secs_f64()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("pull")).collect()
+    });
+    let served: u64 = rig
+        .registry()
+        .access_log()
+        .lines()
+        .filter(|l| l.contains("\"GET ") && l.contains(layer.hex()))
+        .filter_map(|l| {
+            l.split("\" ")
+                .nth(1)?
+                .split(' ')
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    drop(daemons);
+    (served as f64 / size as f64, times)
+}
+
+fn main() {
+    let nodes: usize = std::env::var("SHOAL_BENCH_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let (mut on_bytes, mut on_time, mut off_bytes, mut off_time) = (vec![], vec![], vec![], vec![]);
+    let mut raw = Vec::new();
+    for run in 0..RUNS {
+        for herd in [true, false] {
+            let (ratio, times) = rollout(nodes, herd);
+            let last = times.iter().cloned().fold(0.0, f64::max);
+            raw.push(format!(
+                "run {run} herd {herd}: registry {ratio:.2}x, pulls {times:.1?} s"
+            ));
+            eprintln!("{}", raw.last().expect("just pushed"));
+            if herd {
+                on_bytes.push(ratio);
+                on_time.push(last);
+            } else {
+                off_bytes.push(ratio);
+                off_time.push(last);
+            }
+        }
+    }
+    let (ton, toff) = (median(on_time), median(off_time));
+    println!("## Cold-rollout benchmark (this run)\n");
+    println!(
+        "{nodes} nodes pull one new image (a 200 MiB layer) at once; registry uplink {REGISTRY_MBIT} Mbit/s (tc tbf); medians of {RUNS} runs each, alternated\n"
+    );
+    println!(
+        "| measurement | election on (default) | election off (`--herd-wait 0`) | ratio |\n|---|---|---|---|"
+    );
+    println!(
+        "| layer bytes served by the registry ÷ layer size | {:.2}× | {:.2}× | {:.2}× less |",
+        median(on_bytes.clone()),
+        median(off_bytes.clone()),
+        median(off_bytes) / median(on_bytes).max(1e-9)
+    );
+    println!(
+        "| rollout time (the last node's pull) | {ton:.1} s | {toff:.1} s | {:.2}× faster |",
+        toff / ton
+    );
+    println!("\n{}", raw.join("\n"));
+}
