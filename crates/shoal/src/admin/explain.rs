@@ -294,6 +294,71 @@ mod tests {
     }
 
     #[test]
+    fn a_rollout_says_who_fetched_upstream_and_who_streamed_from_it() {
+        let fetcher = vec![
+            ev(0, None, FetchEventKind::Miss),
+            ev(
+                1,
+                None,
+                FetchEventKind::HerdFetch {
+                    arbiter: "C".into(),
+                },
+            ),
+            ev(
+                2,
+                None,
+                FetchEventKind::Ended(RequestEnd::Failed {
+                    status: 404,
+                    reason: "blob unknown".into(),
+                }),
+            ),
+        ];
+        let r = &requests(&fetcher, 0, &HashMap::new())[0];
+        assert_eq!(r.source, "upstream");
+        assert!(
+            r.summary
+                .contains("elected (arbiter C) to fetch it upstream"),
+            "{}",
+            r.summary
+        );
+        let waiter = vec![
+            ev(0, None, FetchEventKind::Miss),
+            ev(5, Some("A"), FetchEventKind::HerdWait { waited_ms: 40 }),
+            ev(900, Some("A"), FetchEventKind::Verified { bytes: 9 }),
+            ev(
+                901,
+                None,
+                FetchEventKind::Ended(RequestEnd::Completed { sent: 9 }),
+            ),
+        ];
+        let r = &requests(&waiter, 0, &HashMap::new())[0];
+        assert_eq!((r.source.as_str(), r.peer_id.as_str()), ("peer", "A"));
+        assert!(
+            r.summary.contains("peer A was fetching it upstream"),
+            "{}",
+            r.summary
+        );
+        let gave_up = vec![
+            ev(0, None, FetchEventKind::Miss),
+            ev(
+                5000,
+                Some("A"),
+                FetchEventKind::HerdGaveUp {
+                    reason: "slow".into(),
+                },
+            ),
+        ];
+        let r = &requests(&gave_up, 0, &HashMap::new())[0];
+        assert_eq!(
+            r.failovers.last().map(|f| f.reason_kind.as_str()),
+            Some("herd-timeout")
+        );
+        let holder = vec![ev(0, None, FetchEventKind::InFlight { total: 7 })];
+        let r = &requests(&holder, 0, &HashMap::new())[0];
+        assert_eq!((r.source.as_str(), r.bytes), ("in-flight", 7));
+    }
+
+    #[test]
     fn groups_failover_then_success_into_one_request() {
         let events = vec![
             ev(0, Some("A"), FetchEventKind::PeerOpened { offset: 0 }),
