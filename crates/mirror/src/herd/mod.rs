@@ -22,6 +22,11 @@
 //!   piece list for bytes still arriving).
 //! - A waiter that gets nothing within the wait answers 404 (its containerd goes upstream) and
 //!   tells the arbiter the fetcher failed, so the next claimant becomes the fetcher.
+//! - A fetcher that stops mid-way (killed, its pull cancelled) is reported the same way by the
+//!   nodes streaming from it ([`take_over`]): the first report makes its sender the fetcher,
+//!   whose body then ends after the bytes already sent, so its containerd resumes from the
+//!   registry with `Range` and its ingest keeps growing; the others continue their bodies from
+//!   the new fetcher's ingest at the offset they reached (their whole-digest check runs on).
 //!
 //! # Why it is correct
 //!
@@ -60,7 +65,7 @@ pub(crate) mod claim;
 pub(crate) mod in_flight;
 mod wait;
 
-pub(crate) use wait::{Elected, on_miss};
+pub(crate) use wait::{Elected, on_miss, take_over};
 
 use crate::source::Provider;
 

@@ -105,3 +105,68 @@ pub(crate) async fn on_miss(
     }
     Elected::Upstream
 }
+
+/// The node this one was streaming `digest` from while it downloaded (`failed`) stopped at
+/// `offset`: report it to the arbiter. If this node becomes the fetcher, `None`: its body ends
+/// and its containerd resumes from the registry with `Range` (its ingest keeps growing, for the
+/// others). Otherwise wait, bounded, for the new fetcher to have the bytes from `offset`.
+pub(crate) async fn take_over(
+    shared: &Arc<Shared>,
+    registry: &str,
+    path: &PeerPath,
+    digest: &Digest,
+    failed: &str,
+    (offset, size): (u64, u64),
+) -> Option<Opened> {
+    let me = shared.providers.local()?;
+    let peers = tokio::time::timeout(super::CLAIM_TIMEOUT, shared.providers.connected())
+        .await
+        .unwrap_or_default();
+    let arb = arbiter(&me.peer, &peers, digest);
+    let key = digest.to_string();
+    let fetcher = match claim::ask(shared, &me, arb, digest, Some(failed)).await {
+        Ok(f) => f,
+        Err(reason) => {
+            tracing::warn!(digest = %digest, %failed, %reason, "no herd arbiter after the fetcher stopped; resuming upstream");
+            return None;
+        }
+    };
+    if fetcher.peer == me.peer {
+        tracing::info!(digest = %digest, %failed, offset, "the fetcher stopped; this node takes over the upstream download");
+        shared.metrics.herd("fetcher");
+        shared.event(
+            &key,
+            None,
+            FetchEventKind::HerdFetch {
+                arbiter: format!("took over from {failed}"),
+            },
+        );
+        return None;
+    }
+    if fetcher.peer == failed {
+        return None;
+    }
+    let deadline = Instant::now() + shared.cfg.herd_wait;
+    loop {
+        let opened = shared
+            .client
+            .open(
+                Method::GET,
+                fetcher.clone(),
+                registry,
+                path,
+                offset,
+                Some(size),
+            )
+            .await;
+        if let Ok(o) = opened {
+            tracing::info!(digest = %digest, %failed, fetcher = %fetcher.peer, offset, "the fetcher stopped; continuing from the node that took over");
+            shared.metrics.herd("streamed");
+            return Some(o);
+        }
+        if Instant::now() + POLL >= deadline {
+            return None;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}

@@ -85,6 +85,9 @@ struct Streamer {
     carry: Bytes,
     whole: Option<Hasher>,
     contributors: Vec<String>,
+    /// The node that was passing the blob on while downloading it, once it stopped: asked of
+    /// the herd's arbiter who takes over (see [`crate::herd::take_over`]).
+    stopped_fetcher: Option<String>,
 }
 
 /// Start streaming blob `digest` (of `first.size` bytes, `first` opened at offset 0). Returns
@@ -122,6 +125,7 @@ pub(crate) async fn start(
         misses: 0,
         current: Some(first),
         carry: Bytes::new(),
+        stopped_fetcher: None,
     };
     let count = PieceList::count(size, piece_size);
     let first_piece = loop {
@@ -326,6 +330,9 @@ impl Streamer {
             };
             if let Some((reason, stalled)) = failed {
                 let peer = cur.provider.peer.clone();
+                if cur.in_flight {
+                    self.stopped_fetcher = Some(peer.clone());
+                }
                 self.current = None;
                 if stalled {
                     // A stall is a fault of the peer for this blob: counted, marked, logged.
@@ -357,7 +364,30 @@ impl Streamer {
                 self.current = Some(o);
                 Ok(())
             }
-            Err(GaveUp(why)) => Err(Stop::NoPeer(why)),
+            Err(GaveUp(why)) => {
+                let Some(failed) = self.stopped_fetcher.take() else {
+                    return Err(Stop::NoPeer(why));
+                };
+                let f = &self.fetch;
+                let size = (offset, self.size);
+                let next = crate::herd::take_over(
+                    &self.shared,
+                    &f.registry,
+                    &f.path,
+                    &self.digest,
+                    &failed,
+                    size,
+                )
+                .await;
+                match next {
+                    Some(o) => {
+                        self.contributors.push(o.provider.peer.clone());
+                        self.current = Some(o);
+                        Ok(())
+                    }
+                    None => Err(Stop::NoPeer(format!("{why}; the node fetching it stopped"))),
+                }
+            }
         }
     }
 }
