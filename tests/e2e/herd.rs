@@ -132,15 +132,10 @@ fn a_rollout_fetches_the_big_layer_upstream_about_once() {
         "the registry served the big layer {ratio:.2}x its size (at most 1.5x expected)\n{}",
         rig.logs_tail(40)
     );
-    // Every node but the fetcher got the layer from a node still downloading it.
-    let in_flight: f64 = daemons
-        .iter()
-        .map(|d| d.metric("shoal_mirror_in_flight_bytes_total", &[]))
-        .sum();
-    assert!(
-        in_flight >= size as f64,
-        "no layer passed on while downloading ({in_flight} bytes)"
-    );
+    // The first node to miss ran the election (whether the others then streamed the layer while
+    // it downloaded, or found it committed, depends on how fast the registry is here; the slow
+    // registry test below checks the streaming).
+    assert!(herd_count(&daemons, "fetcher") >= 1.0, "nobody was elected");
 }
 
 #[test]
@@ -220,4 +215,12 @@ fn with_a_slow_registry_every_node_finishes_close_to_the_first() {
         "the last node took {last:.1} s, the first {first:.1} s (within 1.3x expected)"
     );
     assert!(served <= 1.5, "registry served the layer {served:.2}x");
+    let in_flight: f64 = daemons
+        .iter()
+        .map(|d| d.metric("shoal_mirror_in_flight_bytes_total", &[]))
+        .sum();
+    assert!(
+        in_flight >= size as f64,
+        "the layer was not passed on while it downloaded ({in_flight} bytes)"
+    );
 }

@@ -10,6 +10,7 @@ use shoal_oci::Digest;
 use super::{arbiter, claim};
 use crate::client::{Opened, PeerPath};
 use crate::events::FetchEventKind;
+use crate::source::{LocalPeer, Provider};
 use crate::state::Shared;
 
 /// How often a waiter asks the fetcher again.
@@ -62,6 +63,19 @@ pub(crate) async fn on_miss(
         shared.event(&key, None, FetchEventKind::HerdFetch { arbiter: arb_name });
         return Elected::Upstream;
     }
+    if shared.bad.is_bad(&fetcher.peer, digest) {
+        // It served bad bytes of this blob (say, it fetched the blob earlier and its copy went
+        // bad since): never wait for it; the next claimant, this node, fetches upstream.
+        return give_up(
+            shared,
+            &me,
+            arb,
+            digest,
+            &fetcher.peer,
+            "it served bad bytes of this blob".into(),
+        )
+        .await;
+    }
     let started = Instant::now();
     let deadline = started + wait;
     let mut last;
@@ -89,18 +103,28 @@ pub(crate) async fn on_miss(
         }
         tokio::time::sleep(POLL).await;
     }
-    // The fetcher never served it: say so, so the next claimant (this node, now) fetches.
-    let reason = format!("the fetcher did not serve it within {wait:?} (last: {last})");
-    tracing::warn!(digest = %digest, fetcher = %fetcher.peer, %reason, "fetching upstream");
+    let reason = format!("it did not serve it within {wait:?} (last: {last})");
+    give_up(shared, &me, arb, digest, &fetcher.peer, reason).await
+}
+
+/// The fetcher did not serve the blob (or cannot be trusted with it): report it, so the next
+/// claimant (this node, now) fetches upstream.
+async fn give_up(
+    shared: &Arc<Shared>,
+    me: &LocalPeer,
+    arb: Option<&Provider>,
+    digest: &Digest,
+    fetcher: &str,
+    reason: String,
+) -> Elected {
+    tracing::warn!(digest = %digest, %fetcher, %reason, "not waiting for the elected fetcher; fetching upstream");
     shared.metrics.herd("timeout");
     shared.event(
-        &key,
-        Some(&fetcher.peer),
-        FetchEventKind::HerdGaveUp {
-            reason: reason.clone(),
-        },
+        &digest.to_string(),
+        Some(fetcher),
+        FetchEventKind::HerdGaveUp { reason },
     );
-    if let Err(e) = claim::ask(shared, &me, arb, digest, Some(&fetcher.peer)).await {
+    if let Err(e) = claim::ask(shared, me, arb, digest, Some(fetcher)).await {
         tracing::debug!(digest = %digest, error = %e, "could not report the failed fetcher");
     }
     Elected::Upstream
@@ -143,7 +167,7 @@ pub(crate) async fn take_over(
         );
         return None;
     }
-    if fetcher.peer == failed {
+    if fetcher.peer == failed || shared.bad.is_bad(&fetcher.peer, digest) {
         return None;
     }
     let deadline = Instant::now() + shared.cfg.herd_wait;
