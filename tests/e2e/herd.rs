@@ -126,7 +126,19 @@ fn a_rollout_fetches_the_big_layer_upstream_about_once() {
         herd_count(&daemons, "streamed"),
         herd_count(&daemons, "timeout")
     );
+    // Manifest `GET`s are what a registry's pull limit counts: they are elected too.
+    let manifest_gets = rig
+        .registry()
+        .access_log()
+        .lines()
+        .filter(|l| l.contains("\"GET ") && l.contains("/manifests/sha256:"))
+        .count();
+    eprintln!("registry manifest GETs by digest: {manifest_gets}");
     check_every_node(&rig, &daemons, &layer);
+    assert!(
+        manifest_gets < NODES,
+        "every node fetched the manifest upstream ({manifest_gets} GETs)"
+    );
     assert!(
         ratio <= 1.5,
         "the registry served the big layer {ratio:.2}x its size (at most 1.5x expected)\n{}",

@@ -50,9 +50,11 @@ pub trait LocalStore: Send + Sync + 'static {
     /// The manifest a tag points at locally (from containerd's image records).
     fn resolve_tag<'a>(&'a self, tag: &'a TagKey) -> BoxFuture<'a, Option<Descriptor>>;
 
-    /// A blob the local containerd is still writing (an upstream fetch in progress), from
+    /// A blob the local containerd is still writing (an upstream fetch in progress), or has
+    /// committed since but does not advertise yet (its image's pull is still running), from
     /// `offset`: its expected size and its bytes as they are written. The bytes are **not
-    /// verified**; whoever receives them checks the digest. `None` when no such write is active.
+    /// verified** while they are written; whoever receives them checks the digest. `None` when
+    /// containerd has neither.
     fn growing<'a>(&'a self, digest: &'a Digest, offset: u64) -> BoxFuture<'a, Option<Growing>> {
         let _ = (digest, offset);
         Box::pin(async { None })

@@ -143,9 +143,13 @@ pub(crate) async fn take_over(
     (offset, size): (u64, u64),
 ) -> Option<Opened> {
     let me = shared.providers.local()?;
-    let peers = tokio::time::timeout(super::CLAIM_TIMEOUT, shared.providers.connected())
+    let mut peers = tokio::time::timeout(super::CLAIM_TIMEOUT, shared.providers.connected())
         .await
         .unwrap_or_default();
+    // The stopped fetcher is left out of the arbiter's choice even while this node's DHT has
+    // not noticed yet that it is gone: it was often its own arbiter (a local claim is the
+    // fastest), and every node streaming from it saw it stop, so they all choose alike.
+    peers.retain(|p| p.peer != failed);
     let arb = arbiter(&me.peer, &peers, digest);
     let key = digest.to_string();
     let fetcher = match claim::ask(shared, &me, arb, digest, Some(failed)).await {

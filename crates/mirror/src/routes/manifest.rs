@@ -8,10 +8,11 @@ use shoal_oci::{Digest, Key, MAX_MANIFEST_BYTES, ManifestRef, Repository, Tag, T
 use tracing::field;
 
 use super::{Ask, Served, fetch, peer_slot, record_peer, resolve};
-use crate::client::PeerPath;
+use crate::client::{Opened, PeerPath};
 use crate::error::MirrorError;
 use crate::events::FetchEventKind;
-use crate::fetch::{Fetch, GaveUp};
+use crate::fetch::{Fetch, GaveUp, Pool};
+use crate::herd::{self, Elected};
 use crate::metrics::Source;
 use crate::serve::{self, Meta};
 use crate::source::{BlobInfo, Provider};
@@ -68,18 +69,40 @@ pub(super) async fn manifest_by_digest(
     }
     let unknown = || MirrorError::ManifestUnknown(digest.to_string());
     if ask.from_peer {
-        return Err(unknown());
+        // A manifest this node's containerd is fetching (a rollout) is passed on.
+        let in_flight = herd::in_flight::serve(shared, ask.head, None, &digest).await;
+        return in_flight.unwrap_or_else(|| Err(unknown()));
     }
+    shared.herd.asked(&digest);
     let _slot = peer_slot(shared, unknown()).await?;
     let key = Key::Digest(digest.clone());
-    let (pool, first) = resolve(shared, &key, Some(&digest))
-        .await
-        .ok_or_else(unknown)?;
     let path = PeerPath::Manifest {
         repository,
         reference: ManifestRef::Digest(digest.clone()),
     };
-    peer_manifest(shared, ask, fetch(shared, ask, path, &key, pool), first).await
+    match resolve(shared, &key, Some(&digest)).await {
+        Some((pool, first)) => {
+            peer_manifest(
+                shared,
+                ask,
+                fetch(shared, ask, path, &key, pool),
+                Some(first),
+                None,
+            )
+            .await
+        }
+        // A `GET` of a manifest that peers miss too takes part in the rollout election, like a
+        // blob: a registry's pull limit counts manifest `GET`s (see `herd`).
+        None if ask.head => Err(unknown()),
+        None => match herd::on_miss(shared, &ask.registry, &path, &digest).await {
+            Elected::Upstream => Err(unknown()),
+            Elected::Stream(opened) => {
+                let pool = Pool::new(shared.providers.find(&key));
+                let f = fetch(shared, ask, path, &key, pool);
+                peer_manifest(shared, ask, f, None, Some(*opened)).await
+            }
+        },
+    }
 }
 
 pub(super) async fn manifest_by_tag(
@@ -113,19 +136,33 @@ pub(super) async fn manifest_by_tag(
         repository,
         reference: ManifestRef::Tag(tag),
     };
-    peer_manifest(shared, ask, fetch(shared, ask, path, &key, pool), first).await
+    peer_manifest(
+        shared,
+        ask,
+        fetch(shared, ask, path, &key, pool),
+        Some(first),
+        None,
+    )
+    .await
 }
 
-/// Fetch a manifest from peers whole, verify it (against the requested digest, or for a tag
-/// the peer's `Docker-Content-Digest`), then answer.
-async fn peer_manifest(shared: &Arc<Shared>, ask: &Ask, mut f: Fetch, first: Provider) -> Served {
+/// Fetch a manifest from peers whole (from `first`, or the response already `opened`), verify
+/// it (against the requested digest, or for a tag the peer's `Docker-Content-Digest`), then
+/// answer.
+async fn peer_manifest(
+    shared: &Arc<Shared>,
+    ask: &Ask,
+    mut f: Fetch,
+    first: Option<Provider>,
+    opened: Option<Opened>,
+) -> Served {
     let key = f.key.clone();
     let gave_up =
         |GaveUp(why)| MirrorError::ManifestUnknown(format!("{key} (peers failed: {why})"));
-    let opened = f
-        .open(Method::GET, Some(first), 0, None)
-        .await
-        .map_err(gave_up)?;
+    let opened = match opened {
+        Some(o) => o,
+        None => f.open(Method::GET, first, 0, None).await.map_err(gave_up)?,
+    };
     let (bytes, opened) = f
         .buffered(opened, manifest_limit(shared))
         .await

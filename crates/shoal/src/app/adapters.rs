@@ -116,22 +116,33 @@ impl LocalStore for ContainerdStore {
         })
     }
 
-    /// An ingest of `digest` in this namespace, read while it grows. Which digests may be
-    /// passed on this way is the mirror's rule (blobs the local containerd asked it for), not
-    /// the advertised set: a blob still downloading is not advertised yet.
+    /// An ingest of `digest` in this namespace, read while it grows, or the blob once it is
+    /// committed. Which digests may be passed on this way is the mirror's rule (blobs the local
+    /// containerd asked it for), not the advertised set: a blob still downloading, or committed
+    /// by a pull still running (an image is advertised once its record exists, at the end of
+    /// the pull), is not advertised yet.
     fn growing<'a>(&'a self, digest: &'a Digest, offset: u64) -> BoxFuture<'a, Option<Growing>> {
         Box::pin(async move {
             let source = self.source.get()?;
             match source.read_growing(digest, offset).await {
-                Ok(g) => g.map(|g| Growing {
-                    total: g.total,
-                    stream: g.stream.map(|r| r.map_err(io::Error::other)).boxed(),
-                }),
+                Ok(Some(g)) => {
+                    return Some(Growing {
+                        total: g.total,
+                        stream: g.stream.map(|r| r.map_err(io::Error::other)).boxed(),
+                    });
+                }
+                Ok(None) => {}
                 Err(e) => {
                     tracing::debug!(digest = %digest, error = %e, "cannot read the ingest");
-                    None
+                    return None;
                 }
             }
+            // Committed between the request and now (containerd verified it on commit).
+            let blob = source.read(digest, offset).await.ok()?;
+            Some(Growing {
+                total: blob.size,
+                stream: blob.stream.map(|r| r.map_err(io::Error::other)).boxed(),
+            })
         })
     }
 
