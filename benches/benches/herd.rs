@@ -2,8 +2,9 @@
 //! `cargo bench -p shoal-benches --bench herd` (set `SHOAL_BENCH_NODES`, default 10).
 //!
 //! Every node pulls the same new image (one 200 MiB layer) through the CRI at the same moment,
-//! with the registry's uplink limited by `tc tbf` (`REGISTRY_MBIT`, an upstream slower than the
-//! cluster's own network). Runs alternate between the election on (the default) and off
+//! with the registry's uplink limited by `tc tbf` (`SHOAL_BENCH_REGISTRY_MBIT`, default 200: an
+//! upstream slower than the cluster's own network; `0` leaves it unlimited, the case where
+//! streaming from one node has the least to gain). Runs alternate between the election on (the default) and off
 //! (`--herd-wait 0`: today's behaviour, every node fetches upstream), each on a fresh rig.
 //! Reported: the layer's bytes the registry served (÷ its size) and the rollout's time (the
 //! last node's pull), medians over the runs.
@@ -14,7 +15,6 @@ use std::time::{Duration, Instant};
 use shoal_tests::{Daemon, Rig, TestImage};
 
 const RUNS: usize = 2;
-const REGISTRY_MBIT: u32 = 200;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -57,13 +57,15 @@ fn cluster(rig: &Rig, extra: &[&str]) -> Vec<Daemon> {
 }
 
 /// One rollout on a fresh rig; returns (registry bytes ÷ layer size, every node's seconds).
-fn rollout(nodes: usize, herd: bool) -> (f64, Vec<f64>) {
+fn rollout(nodes: usize, herd: bool, mbit: u32) -> (f64, Vec<f64>) {
     let rig = Rig::builder().nodes(nodes).start();
     let img = TestImage::big();
     rig.registry().push(&img);
     let extra: &[&str] = if herd { &[] } else { &["--herd-wait", "0"] };
     let daemons = cluster(&rig, extra);
-    rig.registry().limit_rate(REGISTRY_MBIT);
+    if mbit > 0 {
+        rig.registry().limit_rate(mbit);
+    }
     let (layer, size) = img.layers().last().expect("a layer").clone();
     let start = Barrier::new(nodes);
     let times: Vec<f64> = std::thread::scope(|s| {
@@ -105,11 +107,15 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
+    let mbit: u32 = std::env::var("SHOAL_BENCH_REGISTRY_MBIT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
     let (mut on_bytes, mut on_time, mut off_bytes, mut off_time) = (vec![], vec![], vec![], vec![]);
     let mut raw = Vec::new();
     for run in 0..RUNS {
         for herd in [true, false] {
-            let (ratio, times) = rollout(nodes, herd);
+            let (ratio, times) = rollout(nodes, herd, mbit);
             let last = times.iter().cloned().fold(0.0, f64::max);
             raw.push(format!(
                 "run {run} herd {herd}: registry {ratio:.2}x, pulls {times:.1?} s"
@@ -126,8 +132,13 @@ fn main() {
     }
     let (ton, toff) = (median(on_time), median(off_time));
     println!("## Cold-rollout benchmark (this run)\n");
+    let link = if mbit > 0 {
+        format!("{mbit} Mbit/s (tc tbf)")
+    } else {
+        "unlimited".into()
+    };
     println!(
-        "{nodes} nodes pull one new image (a 200 MiB layer) at once; registry uplink {REGISTRY_MBIT} Mbit/s (tc tbf); medians of {RUNS} runs each, alternated\n"
+        "{nodes} nodes pull one new image (a 200 MiB layer) at once; registry uplink {link}; medians of {RUNS} runs each (the upper one), alternated\n"
     );
     println!(
         "| measurement | election on (default) | election off (`--herd-wait 0`) | ratio |\n|---|---|---|---|"

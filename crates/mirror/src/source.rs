@@ -62,12 +62,19 @@ pub trait LocalStore: Send + Sync + 'static {
 }
 
 /// A blob being written by the local containerd (see [`LocalStore::growing`]).
-#[allow(missing_debug_implementations)]
 pub struct Growing {
     /// The size the writer expects.
     pub total: u64,
     /// Its bytes from the requested offset, yielded as they are written; an error ends it.
     pub stream: ByteStream,
+}
+
+impl std::fmt::Debug for Growing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Growing")
+            .field("total", &self.total)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A peer that advertised a key, reachable at `addr` (its mirror endpoint).
