@@ -52,8 +52,9 @@ pub(crate) async fn on_miss(
         Ok(f) => f,
         Err(reason) => {
             tracing::warn!(digest = %digest, arbiter = %arb_name, %reason, "no answer from the herd arbiter; fetching upstream");
+            // The miss event already explains the 404; the log and the metric say why no
+            // election ran.
             shared.metrics.herd("no_arbiter");
-            shared.event(&key, None, FetchEventKind::HerdFetch { arbiter: reason });
             return Elected::Upstream;
         }
     };
@@ -151,7 +152,6 @@ pub(crate) async fn take_over(
     // fastest), and every node streaming from it saw it stop, so they all choose alike.
     peers.retain(|p| p.peer != failed);
     let arb = arbiter(&me.peer, &peers, digest);
-    let key = digest.to_string();
     let fetcher = match claim::ask(shared, &me, arb, digest, Some(failed)).await {
         Ok(f) => f,
         Err(reason) => {
@@ -162,13 +162,6 @@ pub(crate) async fn take_over(
     if fetcher.peer == me.peer {
         tracing::info!(digest = %digest, %failed, offset, "the fetcher stopped; this node takes over the upstream download");
         shared.metrics.herd("fetcher");
-        shared.event(
-            &key,
-            None,
-            FetchEventKind::HerdFetch {
-                arbiter: format!("took over from {failed}"),
-            },
-        );
         return None;
     }
     if fetcher.peer == failed || shared.bad.is_bad(&fetcher.peer, digest) {

@@ -153,9 +153,9 @@ fn one_request(events: &[&FetchEvent], size: u64, addrs: &HashMap<String, String
             FetchEventKind::HerdFetch { arbiter } => {
                 req.source = "upstream".into();
                 req.summary = format!(
-                    "peers missed it too; this node was elected (arbiter {arbiter}) to fetch it \
+                    "no peer had it; this node was elected (arbiter {arbiter}) to fetch it \
                      upstream: answered 404, containerd fetched it from the registry, and peers \
-                     streamed it from here as it arrived"
+                     missing it too stream it from here as it arrives"
                 );
             }
             FetchEventKind::HerdWait { waited_ms } => {

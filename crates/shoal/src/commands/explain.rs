@@ -76,6 +76,8 @@ pub fn text(r: &ExplainResponse) -> String {
             let from = match q.source.as_str() {
                 "local" => "this node".to_owned(),
                 "miss" => "upstream (no peer had it)".to_owned(),
+                "upstream" => "upstream (elected to fetch it for the peers)".to_owned(),
+                "in-flight" => "this node, while downloading it".to_owned(),
                 "failed" => "upstream (every peer failed)".to_owned(),
                 _ if q.served_by.len() > 1 => format!(
                     "{} peers: {}",
@@ -89,15 +91,16 @@ pub fn text(r: &ExplainResponse) -> String {
                 _ if q.peer_addr.is_empty() => q.peer_id.clone(),
                 _ => format!("{} ({})", q.peer_id, q.peer_addr),
             };
-            let failovers = if q.failovers.is_empty() || q.source == "miss" {
-                "-".to_owned()
-            } else {
-                q.failovers
-                    .iter()
-                    .map(|f| format!("{} {}: {}", f.peer_id, f.reason_kind, f.reason))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            };
+            let failovers =
+                if q.failovers.is_empty() || q.source == "miss" || q.source == "upstream" {
+                    "-".to_owned()
+                } else {
+                    q.failovers
+                        .iter()
+                        .map(|f| format!("{} {}: {}", f.peer_id, f.reason_kind, f.reason))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                };
             t.row(vec![
                 b.role.clone(),
                 blob.clone(),
