@@ -318,14 +318,14 @@ async fn claims_are_for_peers_and_the_first_claimant_is_the_fetcher() {
     assert_eq!(send(&r, not_peer).await.status, StatusCode::UNAUTHORIZED);
     let a = send(&r, claim("A", 5000, [10, 0, 0, 1], None)).await;
     assert_eq!(a.status, StatusCode::OK);
-    assert_eq!(a.header("shoal-fetcher"), Some("A"));
-    assert_eq!(a.header("shoal-fetcher-addr"), Some("10.0.0.1:5000"));
+    assert_eq!(a.header("shoal-herd-source"), Some("A"));
+    assert_eq!(a.header("shoal-herd-source-addr"), Some("10.0.0.1:5000"));
     let b = send(&r, claim("B", 5000, [10, 0, 0, 2], None)).await;
-    assert_eq!(b.header("shoal-fetcher"), Some("A"));
-    assert_eq!(b.header("shoal-fetcher-addr"), Some("10.0.0.1:5000"));
+    assert_eq!(b.header("shoal-herd-source"), Some("A"));
+    assert_eq!(b.header("shoal-herd-source-addr"), Some("10.0.0.1:5000"));
     let b = send(&r, claim("B", 5000, [10, 0, 0, 2], Some("A"))).await;
-    assert_eq!(b.header("shoal-fetcher"), Some("B"));
-    assert_eq!(b.header("shoal-fetcher-addr"), Some("10.0.0.2:5000"));
+    assert_eq!(b.header("shoal-herd-source"), Some("B"));
+    assert_eq!(b.header("shoal-herd-source-addr"), Some("10.0.0.2:5000"));
     for bad in [
         format!("/shoal/v1/herd/{d}?port=1"),
         format!("/shoal/v1/herd/{d}?peer=x&port=0"),

@@ -1,9 +1,10 @@
 //! The arbiter's side of the election and the request a missing node sends it.
 //!
 //! `GET /shoal/v1/herd/<digest>?peer=<peer id>&port=<mirror port>[&failed=<peer id>]`, from
-//! signed peers only. The answer is in its headers: `shoal-fetcher` (the fetcher's peer id) and,
-//! unless the fetcher is the arbiter itself, `shoal-fetcher-addr` (its mirror endpoint: the
-//! claimant's address as the arbiter saw the connection, with the port it gave). A claim has no
+//! signed peers only. The answer is in its headers: `shoal-herd-source` (the peer id of the node
+//! to read the blob from: the claimant itself means "fetch it upstream") and, unless that node is
+//! the arbiter itself, `shoal-herd-source-addr` (its mirror endpoint: its address as the arbiter
+//! saw its own claim's connection, with the port it gave). A claim has no
 //! body and changes nothing but the arbiter's claim table, which is bounded
 //! (see [`super::Herd::claim`]).
 
@@ -24,8 +25,8 @@ use crate::state::Shared;
 
 /// Path prefix of the claim route.
 pub(crate) const ROUTE: &str = "/shoal/v1/herd/";
-const FETCHER: &str = "shoal-fetcher";
-const FETCHER_ADDR: &str = "shoal-fetcher-addr";
+const SOURCE: &str = "shoal-herd-source";
+const SOURCE_ADDR: &str = "shoal-herd-source-addr";
 /// Longest peer id accepted in a claim (libp2p ids are ~52 characters).
 const MAX_PEER_ID: usize = 128;
 
@@ -60,20 +61,20 @@ pub(crate) fn serve(
         Some(SocketAddr::new(remote.ip(), port)),
         failed,
     );
-    tracing::debug!(digest = %digest, claimant = %peer, fetcher = %claim.peer, ?failed, "herd claim");
+    tracing::debug!(digest = %digest, claimant = %peer, source = %claim.peer, ?failed, "herd claim");
     let mut res = StatusCode::OK.into_response();
     let h = res.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&claim.peer) {
-        h.insert(FETCHER, v);
+        h.insert(SOURCE, v);
     }
     if let Some(Ok(v)) = claim.addr.map(|a| HeaderValue::from_str(&a.to_string())) {
-        h.insert(FETCHER_ADDR, v);
+        h.insert(SOURCE_ADDR, v);
     }
     Ok((res, Source::Local))
 }
 
-/// Ask `arbiter` (or this node, when `None`) who fetches `digest`; `failed` reports a fetcher
-/// that never served it. Returns the fetcher.
+/// Ask `arbiter` (or this node, when `None`) whom to read `digest` from; `failed` reports a
+/// source that never served it or stopped. Returns the source (this node: fetch upstream).
 pub(crate) async fn ask(
     shared: &Arc<Shared>,
     me: &LocalPeer,
@@ -100,21 +101,20 @@ pub(crate) async fn ask(
         .await
         .map_err(|e| format!("arbiter {}: {e}", arbiter.peer))?;
     let text = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-    let peer = text(FETCHER).ok_or("the arbiter named no fetcher")?;
-    let addr = match text(FETCHER_ADDR) {
-        Some(a) => Some(a.parse().map_err(|_| "bad fetcher address")?),
+    let peer = text(SOURCE).ok_or("the arbiter named no source")?;
+    let addr = match text(SOURCE_ADDR) {
+        Some(a) => Some(a.parse().map_err(|_| "bad source address")?),
         None => None,
     };
     let claim = Claim {
         peer: peer.to_owned(),
         addr,
-        at: std::time::Instant::now(),
     };
     Ok(fetcher(claim, Some(arbiter), me))
 }
 
-/// The fetcher a claim names, with the address to reach it (this node's own address is never
-/// needed: a node that is its own fetcher does not contact itself).
+/// The source a claim names, with the address to reach it (this node's own address is never
+/// needed: a node that is its own source fetches upstream and contacts nobody).
 fn fetcher(c: Claim, arbiter: Option<&Provider>, me: &LocalPeer) -> Provider {
     let addr = c
         .addr

@@ -9,12 +9,14 @@
 //! containerd, the node picks the **arbiter** of the digest: among itself and the peers it holds
 //! a live connection to, the one with the highest rendezvous score `H(peer id, digest)`. It
 //! asks the arbiter for a **claim** (`GET /shoal/v1/herd/<digest>`, signed like every peer
-//! request, [`claim`]). The arbiter keeps one claim per digest, for [`LEASE`]: the first
-//! claimant becomes the **fetcher** and every later one is told who it is.
+//! request, [`claim`]). The arbiter keeps a table per digest for [`table::LEASE`]: the first
+//! claimant becomes the **fetcher**, and every later one is told whom to read from: the fetcher
+//! or, once it has [`table::FANOUT`] readers, an earlier claimant that streams the blob itself,
+//! so the blob spreads as a tree and no node's uplink carries the whole cluster's copies.
 //! - The fetcher answers its containerd 404 at once: containerd goes upstream as it does today,
 //!   and its ingest (`<content>/ingest/<id>/data`) starts growing.
-//! - A waiter asks the fetcher for the blob until it answers or [`MirrorConfig::herd_wait`]
-//!   (5 s) has passed. The fetcher serves its growing ingest to signed peers as it is written
+//! - A waiter asks its source for the blob until it answers or `MirrorConfig::herd_wait`
+//!   (5 s) has passed. A source serves its growing ingest to signed peers as it is written
 //!   ([`in_flight`]): only blobs its own containerd asked this mirror for, under an allowlisted
 //!   registry, so an image from a registry outside the allowlist (a private Harbor) is never
 //!   passed on. The waiter streams those bytes to its containerd with the whole-digest check
@@ -63,42 +65,33 @@ use shoal_oci::Digest;
 
 pub(crate) mod claim;
 pub(crate) mod in_flight;
+mod table;
 mod wait;
 
+pub(crate) use table::Claim;
+use table::Table;
 pub(crate) use wait::{Elected, on_miss, take_over};
 
 use crate::source::Provider;
 
-/// How long an arbiter keeps a claim: a fetcher's upstream download of a large layer, so that a
-/// late miss still finds the node that is fetching it.
-pub(crate) const LEASE: Duration = Duration::from_secs(120);
 /// How long a blob the local containerd asked for stays shareable while it is written.
 const ASKED_TTL: Duration = Duration::from_secs(3600);
 /// Longest wait for the arbiter's answer.
 pub(crate) const CLAIM_TIMEOUT: Duration = Duration::from_millis(500);
-/// Most claims (digests) an arbiter keeps, and most asked blobs remembered.
+/// Most asked blobs remembered.
 const MAX_ENTRIES: usize = 4096;
-
-/// Who fetches a blob upstream, as the arbiter recorded it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Claim {
-    pub peer: String,
-    /// The fetcher's mirror endpoint; `None` when it is the arbiter itself.
-    pub addr: Option<SocketAddr>,
-    at: Instant,
-}
 
 /// The election's state on one node: the claims it arbitrates, and the blobs its own containerd
 /// asked for (which it may pass on while they are written).
 #[derive(Debug, Default)]
 pub(crate) struct Herd {
-    claims: Mutex<HashMap<Digest, Claim>>,
+    table: Mutex<Table>,
     asked: Mutex<HashMap<Digest, Instant>>,
 }
 
 impl Herd {
-    /// Record (as arbiter) a claim on `digest` by `peer` at `addr`; returns the fetcher. A
-    /// claim stands for [`LEASE`], unless the caller reports its fetcher as `failed`.
+    /// Record (as arbiter) that `peer` at `addr` misses `digest`, or lost its source `failed`;
+    /// returns whom it reads from (itself: it fetches upstream). See [`table`].
     pub(crate) fn claim(
         &self,
         digest: &Digest,
@@ -106,28 +99,8 @@ impl Herd {
         addr: Option<SocketAddr>,
         failed: Option<&str>,
     ) -> Claim {
-        let now = Instant::now();
-        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = claims.get(digest) {
-            let stale = now.duration_since(c.at) >= LEASE;
-            let failed = failed.is_some_and(|f| f == c.peer && f != peer);
-            if !stale && !failed {
-                return c.clone();
-            }
-        }
-        let claim = Claim {
-            peer: peer.to_owned(),
-            addr,
-            at: now,
-        };
-        if claims.len() >= MAX_ENTRIES {
-            claims.retain(|_, c| now.duration_since(c.at) < LEASE);
-        }
-        // Full of live claims: the caller fetches (today's behaviour) and nothing is recorded.
-        if claims.len() < MAX_ENTRIES || claims.contains_key(digest) {
-            claims.insert(digest.clone(), claim.clone());
-        }
-        claim
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        table.claim(digest, peer, addr, failed)
     }
 
     /// The local containerd asked this mirror for `digest` (under an allowlisted registry).
@@ -215,21 +188,6 @@ mod tests {
             chosen.insert(a);
         }
         assert_eq!(chosen.len(), 6, "every node arbitrates some digests");
-    }
-
-    #[test]
-    fn the_first_claim_wins_until_its_fetcher_is_reported_failed() {
-        let h = Herd::default();
-        let d = Digest::sha256_of(b"x");
-        let a: SocketAddr = "10.0.0.1:5000".parse().unwrap();
-        assert_eq!(h.claim(&d, "A", Some(a), None).peer, "A");
-        assert_eq!(h.claim(&d, "B", None, None).peer, "A");
-        // Only the waiter's report about the current fetcher replaces it.
-        assert_eq!(h.claim(&d, "B", None, Some("C")).peer, "A");
-        assert_eq!(h.claim(&d, "A", None, Some("A")).peer, "A");
-        let c = h.claim(&d, "B", None, Some("A"));
-        assert_eq!((c.peer.as_str(), c.addr), ("B", None));
-        assert_eq!(h.claim(&d, "C", None, None).peer, "B");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! A node's side of the election on a miss: claim, then either go upstream (fetcher, or no
-//! election possible) or wait, bounded, for the fetcher to serve the blob as it arrives.
+//! election possible) or wait, bounded, for its source (the fetcher, or a node streaming from
+//! it) to serve the blob as it arrives.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,12 +9,12 @@ use http::Method;
 use shoal_oci::Digest;
 
 use super::{arbiter, claim};
-use crate::client::{Opened, PeerPath};
+use crate::client::{OpenError, Opened, PeerPath};
 use crate::events::FetchEventKind;
-use crate::source::{LocalPeer, Provider};
+use crate::source::Provider;
 use crate::state::Shared;
 
-/// How often a waiter asks the fetcher again.
+/// How often a waiter asks its source again.
 const POLL: Duration = Duration::from_millis(50);
 
 /// What a miss turned into.
@@ -64,71 +65,76 @@ pub(crate) async fn on_miss(
         shared.event(&key, None, FetchEventKind::HerdFetch { arbiter: arb_name });
         return Elected::Upstream;
     }
-    if shared.bad.is_bad(&fetcher.peer, digest) {
-        // It served bad bytes of this blob (say, it fetched the blob earlier and its copy went
-        // bad since): never wait for it; the next claimant, this node, fetches upstream.
-        return give_up(
-            shared,
-            &me,
-            arb,
-            digest,
-            &fetcher.peer,
-            "it served bad bytes of this blob".into(),
-        )
-        .await;
-    }
     let started = Instant::now();
     let deadline = started + wait;
-    let mut last;
-    loop {
-        let opened = shared
-            .client
-            .open(Method::GET, fetcher.clone(), registry, path, 0, None)
-            .await;
-        match opened {
+    let mut source = fetcher;
+    // The first source, and at most one other if it fails: all within `herd_wait`.
+    for attempt in 0..2 {
+        let got = if shared.bad.is_bad(&source.peer, digest) {
+            // It served bad bytes of this blob (say, its copy went bad since): never wait for it.
+            Err("it served bad bytes of this blob".to_owned())
+        } else {
+            first_bytes(shared, &source, registry, path, (0, None), deadline).await
+        };
+        let reason = match got {
             Ok(o) => {
                 let waited_ms = started.elapsed().as_millis() as u64;
-                tracing::info!(digest = %digest, fetcher = %fetcher.peer, waited_ms, in_flight = o.in_flight, "streaming the blob from the node fetching it");
+                tracing::info!(digest = %digest, source = %source.peer, waited_ms, in_flight = o.in_flight, "streaming the blob from a node receiving it");
                 shared.metrics.herd("streamed");
                 shared.event(
                     &key,
-                    Some(&fetcher.peer),
+                    Some(&source.peer),
                     FetchEventKind::HerdWait { waited_ms },
                 );
                 return Elected::Stream(Box::new(o));
             }
-            Err(e) => last = e.to_string(),
+            Err(reason) => reason,
+        };
+        tracing::warn!(digest = %digest, source = %source.peer, %reason, "the node named by the herd arbiter did not serve the blob");
+        shared.metrics.herd("timeout");
+        shared.event(
+            &key,
+            Some(&source.peer),
+            FetchEventKind::HerdGaveUp { reason },
+        );
+        // Reported, it is dropped: the arbiter names an earlier source, or this node (fetch).
+        match claim::ask(shared, &me, arb, digest, Some(&source.peer)).await {
+            Ok(next) if attempt == 0 && next.peer != me.peer && Instant::now() < deadline => {
+                source = next;
+            }
+            _ => break,
         }
+    }
+    Elected::Upstream
+}
+
+/// Ask `source` for the blob from `offset` (of `size`, once known) until it answers or
+/// `deadline`; a node that refuses connections is not waited for.
+async fn first_bytes(
+    shared: &Arc<Shared>,
+    source: &Provider,
+    registry: &str,
+    path: &PeerPath,
+    (offset, size): (u64, Option<u64>),
+    deadline: Instant,
+) -> Result<Opened, String> {
+    loop {
+        let opened = shared
+            .client
+            .open(Method::GET, source.clone(), registry, path, offset, size)
+            .await;
+        let last = match opened {
+            Ok(o) => return Ok(o),
+            Err(OpenError::Http(e)) if e.is_connect() => {
+                return Err(format!("cannot connect to it: {e}"));
+            }
+            Err(e) => e.to_string(),
+        };
         if Instant::now() + POLL >= deadline {
-            break;
+            return Err(format!("it did not serve it in time (last: {last})"));
         }
         tokio::time::sleep(POLL).await;
     }
-    let reason = format!("it did not serve it within {wait:?} (last: {last})");
-    give_up(shared, &me, arb, digest, &fetcher.peer, reason).await
-}
-
-/// The fetcher did not serve the blob (or cannot be trusted with it): report it, so the next
-/// claimant (this node, now) fetches upstream.
-async fn give_up(
-    shared: &Arc<Shared>,
-    me: &LocalPeer,
-    arb: Option<&Provider>,
-    digest: &Digest,
-    fetcher: &str,
-    reason: String,
-) -> Elected {
-    tracing::warn!(digest = %digest, %fetcher, %reason, "not waiting for the elected fetcher; fetching upstream");
-    shared.metrics.herd("timeout");
-    shared.event(
-        &digest.to_string(),
-        Some(fetcher),
-        FetchEventKind::HerdGaveUp { reason },
-    );
-    if let Err(e) = claim::ask(shared, me, arb, digest, Some(fetcher)).await {
-        tracing::debug!(digest = %digest, error = %e, "could not report the failed fetcher");
-    }
-    Elected::Upstream
 }
 
 /// The node this one was streaming `digest` from while it downloaded (`failed`) stopped at
@@ -168,26 +174,24 @@ pub(crate) async fn take_over(
         return None;
     }
     let deadline = Instant::now() + shared.cfg.herd_wait;
-    loop {
-        let opened = shared
-            .client
-            .open(
-                Method::GET,
-                fetcher.clone(),
-                registry,
-                path,
-                offset,
-                Some(size),
-            )
-            .await;
-        if let Ok(o) = opened {
-            tracing::info!(digest = %digest, %failed, fetcher = %fetcher.peer, offset, "the fetcher stopped; continuing from the node that took over");
+    match first_bytes(
+        shared,
+        &fetcher,
+        registry,
+        path,
+        (offset, Some(size)),
+        deadline,
+    )
+    .await
+    {
+        Ok(o) => {
+            tracing::info!(digest = %digest, %failed, source = %fetcher.peer, offset, "the source stopped; continuing from another node receiving the blob");
             shared.metrics.herd("streamed");
-            return Some(o);
+            Some(o)
         }
-        if Instant::now() + POLL >= deadline {
-            return None;
+        Err(reason) => {
+            tracing::warn!(digest = %digest, %failed, source = %fetcher.peer, %reason, "no node to continue from; resuming upstream");
+            None
         }
-        tokio::time::sleep(POLL).await;
     }
 }

@@ -137,8 +137,9 @@ fn one_request(events: &[&FetchEvent], size: u64, addrs: &HashMap<String, String
                 };
                 if let Some(w) = herd_wait {
                     req.summary = format!(
-                        "{}; peer {peer} was fetching it upstream and passed it on as it \
-                         arrived (waited {w} ms for it to start)",
+                        "{}; peer {peer} was still receiving it (from upstream, or from the \
+                         node fetching it) and passed it on as it arrived (waited {w} ms for it \
+                         to start)",
                         req.summary
                     );
                 }
@@ -334,7 +335,7 @@ mod tests {
         let r = &requests(&waiter, 0, &HashMap::new())[0];
         assert_eq!((r.source.as_str(), r.peer_id.as_str()), ("peer", "A"));
         assert!(
-            r.summary.contains("peer A was fetching it upstream"),
+            r.summary.contains("peer A was still receiving it"),
             "{}",
             r.summary
         );
