@@ -163,6 +163,23 @@ fn content_of_a_non_allowlisted_registry_is_neither_advertised_nor_served() {
     }
     assert_eq!(d1.metric("shoal_advertised_keys", &[]), 0.0);
 
+    // Nor through the rollout election: a loopback client on the holder (a `hostNetwork` pod)
+    // asks for a private blob under an allowlisted `ns`, so the holder is elected to fetch it and
+    // would pass on what its containerd receives; then node 2 misses it too and asks the holder.
+    // containerd's labels say where the committed blob came from (not an allowlisted registry):
+    // node 2 gets nothing and answers 404 once its wait is over.
+    for d in &digests {
+        let (status, _) = d1.http_get(&d1.blob_url(&public, d), &[]);
+        assert_eq!(status, 404, "{d} on the holder");
+        let (status, _) = d2.http_get(&d2.blob_url(&public, d), &[]);
+        assert_eq!(status, 404, "{d} passed on by the elected holder");
+    }
+    assert_eq!(
+        d1.metric("shoal_mirror_in_flight_bytes_total", &[]),
+        0.0,
+        "no byte of a private blob passed on"
+    );
+
     // Control: once an allowlisted image references the same blobs, they are served to peers.
     rig.node(0).pull(public.reference()).unwrap();
     for d in &digests {

@@ -182,6 +182,30 @@ impl ContentSource {
         }
     }
 
+    /// The registries `digest` was fetched from, from the labels containerd puts on content it
+    /// pulled (`containerd.io/distribution.source.<registry>=<repositories>`, set just after the
+    /// commit); empty when the blob is absent or carries none.
+    pub async fn distribution_sources(&self, digest: &Digest) -> Result<Vec<String>, Error> {
+        const PREFIX: &str = "containerd.io/distribution.source.";
+        let req = self.request(InfoRequest {
+            digest: digest.to_string(),
+        });
+        match self.content().info(req).await {
+            Ok(resp) => Ok(resp
+                .into_inner()
+                .info
+                .map(|i| {
+                    i.labels
+                        .keys()
+                        .filter_map(|k| k.strip_prefix(PREFIX).map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()),
+            Err(s) if s.code() == Code::NotFound => Ok(Vec::new()),
+            Err(s) => Err(Error::rpc("Content.Info", s)),
+        }
+    }
+
     /// Every blob in the namespace's content store, with its size. Entries whose digest does
     /// not parse are logged and left out: they can never be requested by a valid digest.
     pub async fn present_blobs(&self) -> Result<HashMap<Digest, u64>, Error> {

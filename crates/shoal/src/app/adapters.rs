@@ -16,7 +16,7 @@ use shoal_mirror::{
     BlobInfo, ByteStream, Descriptor, Growing, IngestControl, LocalPeer, LocalStore, Provider,
     Providers,
 };
-use shoal_oci::{Digest, Key, TagKey};
+use shoal_oci::{Allowlist, Digest, Key, TagKey};
 
 /// The keys this node advertises, shared between the watcher (writer) and the mirror (reader).
 #[derive(Debug, Clone, Default)]
@@ -52,17 +52,21 @@ impl Advertised {
 
 /// containerd's content store, as the mirror sees it. Until containerd has been reached the
 /// store is empty, so the mirror answers fast 404s and containerd falls back upstream.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ContainerdStore {
     source: Arc<OnceLock<ContentSource>>,
     advertised: Advertised,
+    /// The mirrored registries: content committed but not advertised yet is passed on only
+    /// when containerd fetched it from one of them.
+    allowlist: Allowlist,
 }
 
 impl ContainerdStore {
-    pub fn new(advertised: Advertised) -> Self {
+    pub fn new(advertised: Advertised, allowlist: Allowlist) -> Self {
         ContainerdStore {
             source: Arc::new(OnceLock::new()),
             advertised,
+            allowlist,
         }
     }
 
@@ -137,7 +141,15 @@ impl LocalStore for ContainerdStore {
                     return None;
                 }
             }
-            // Committed between the request and now (containerd verified it on commit).
+            // Committed between the request and now (containerd verified it on commit): passed
+            // on only when containerd's own labels say it came from an allowlisted registry, so
+            // a loopback client naming the digest of a private image's blob (a `hostNetwork`
+            // pod) cannot make this node serve it.
+            let sources = source.distribution_sources(digest).await.ok()?;
+            if !sources.iter().any(|r| self.allowlist.allows(r)) {
+                tracing::debug!(digest = %digest, ?sources, "committed blob not from an allowlisted registry; not passed on");
+                return None;
+            }
             let blob = source.read(digest, offset).await.ok()?;
             Some(Growing {
                 total: blob.size,

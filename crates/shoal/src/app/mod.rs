@@ -98,7 +98,7 @@ impl App {
 
         let shutdown = CancellationToken::new();
         let advertised = Advertised::default();
-        let store = ContainerdStore::new(advertised.clone());
+        let store = ContainerdStore::new(advertised.clone(), cfg.allowlist.clone());
         let metrics = Metrics::new();
         let readiness = Readiness::new();
         let events = Arc::new(EventLog::new(cfg.event_log_capacity));
