@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::events::FetchEventKind;
 use crate::metrics::Source;
-use crate::pieces::{self, PieceList};
+use crate::pieces::{Expect, PieceList};
 use crate::source::{IngestControl, Provider};
 use crate::state::Shared;
 
@@ -51,10 +51,10 @@ pub(crate) enum List {
 }
 
 impl List {
-    /// The expected hash of piece `i`, when a list vouches for it.
-    pub(crate) fn expected(&self, i: u64) -> Option<[u8; 32]> {
+    /// What piece `i` of blob `digest` must hash to, when a list vouches for it.
+    pub(crate) fn expect(&self, i: u64, digest: &Digest) -> Option<Expect> {
         match self {
-            List::Checked { list, .. } => list.hashes.get(i as usize).copied(),
+            List::Checked { list, .. } => Some(list.expect(i, digest)),
             List::None => None,
         }
     }
@@ -64,24 +64,42 @@ impl List {
     }
 }
 
-/// Check `piece` against `expected` (when there is a list) and, if it passed, fold it into the
-/// whole-blob hash; off the async runtime. Returns whether it passed, with the piece and hash.
-pub(crate) async fn check(
-    piece: Piece,
-    expected: Option<[u8; 32]>,
-    whole: Option<Hasher>,
-) -> Result<(bool, Option<Hasher>, Piece), String> {
-    tokio::task::spawn_blocking(move || {
-        let ok = expected.is_none_or(|h| pieces::hash_chunks(&piece.chunks) == h);
-        let mut whole = whole;
-        if ok {
+/// How a piece is checked: on its own against the list (from the state before it to the state
+/// after it, or to the digest for the last piece), or, without a list, only fed to the running
+/// whole-blob hash (whose finish the caller compares at the end). Either way once per byte.
+pub(crate) enum Check {
+    Listed(Expect),
+    Whole(Option<Hasher>),
+}
+
+/// A checked piece: `verdict` is `Err` when it failed its list entry (with the digest obtained
+/// if it was the last piece); `whole` is the running hash of [`Check::Whole`].
+pub(crate) struct Checked {
+    pub(crate) piece: Piece,
+    pub(crate) verdict: Result<(), Option<Digest>>,
+    pub(crate) whole: Option<Hasher>,
+}
+
+/// Check `piece` as `how` says, off the async runtime.
+pub(crate) async fn check(piece: Piece, how: Check) -> Result<Checked, String> {
+    tokio::task::spawn_blocking(move || match how {
+        Check::Listed(expect) => Checked {
+            verdict: expect.check(&piece.chunks),
+            piece,
+            whole: None,
+        },
+        Check::Whole(mut whole) => {
             if let Some(w) = whole.as_mut() {
                 for c in &piece.chunks {
                     w.update(c);
                 }
             }
+            Checked {
+                piece,
+                verdict: Ok(()),
+                whole,
+            }
         }
-        (ok, whole, piece)
     })
     .await
     .map_err(|e| format!("hashing task failed: {e}"))
