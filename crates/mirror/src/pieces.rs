@@ -17,8 +17,11 @@
 //!   [`crate::stream`] stay: they are triggered by the last piece failing when every other
 //!   piece passed. A last-piece failure is ambiguous (a bad last piece from an honest list, or
 //!   a list that lied about an earlier state), so the puller first treats it as a bad piece
-//!   (mark its peer, fetch it again from another); only when it fails again, or no one else
-//!   can send it, is it the whole-digest mismatch of a lying list.
+//!   (mark its peer, fetch it again from another). When it fails again, or no one else can
+//!   send it, another holder whose list has the same state before the last piece
+//!   corroborates the list (bytes that passed every earlier piece really are in that state,
+//!   and two holders agree it is the blob's): the prefix is right and only the last piece's
+//!   senders were bad. Without that, it is the whole-digest mismatch of a lying list.
 //!
 //! A holder computes the list of a blob it holds once, from its containerd content, in one
 //! pass: the states are read off the same hash whose finish checks the content against its

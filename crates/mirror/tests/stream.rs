@@ -187,7 +187,12 @@ async fn the_only_holder_corrupt_in_its_last_piece_cannot_be_told_from_a_lying_l
     // earlier state, so the prefix it vouched for is suspect: the ingest is aborted.
     let blob = data(SIZE, 13);
     let d = Digest::sha256_of(&blob);
-    let (_p, addr) = holder(&blob, Mode::CorruptAt(SIZE - 2), Some(piece_list(&blob, PIECE))).await;
+    let (_p, addr) = holder(
+        &blob,
+        Mode::CorruptAt(SIZE - 2),
+        Some(piece_list(&blob, PIECE)),
+    )
+    .await;
     let prov = Arc::new(FakeProviders::default());
     prov.add(Key::Digest(d.clone()), addr, "bad");
     let ingest = FakeIngest::new();
@@ -197,6 +202,30 @@ async fn the_only_holder_corrupt_in_its_last_piece_cannot_be_told_from_a_lying_l
     assert!(got.failed);
     assert_eq!(got.bytes, blob[..5 * PIECE]);
     assert_eq!(ingest.aborted(), 1);
+}
+
+#[tokio::test]
+async fn a_last_piece_bad_everywhere_under_a_corroborated_list_ends_after_the_checked_bytes() {
+    // Both holders publish the right list; one is corrupt in its first piece, the other in its
+    // last bytes, so no one can send a good last piece. The other holder's list agrees with
+    // the state before the last piece: the prefix is right, the body ends after it (containerd
+    // resumes from the registry) and nothing is aborted.
+    let blob = data(SIZE, 14);
+    let d = Digest::sha256_of(&blob);
+    let list = piece_list(&blob, PIECE);
+    let (_a, a_first) = holder(&blob, Mode::CorruptAt(10), Some(list.clone())).await;
+    let (_b, a_last) = holder(&blob, Mode::CorruptAt(SIZE - 2), Some(list)).await;
+    let prov = Arc::new(FakeProviders::default());
+    prov.add(Key::Digest(d.clone()), a_first, "bad-first");
+    prov.add(Key::Digest(d.clone()), a_last, "bad-last");
+    let ingest = FakeIngest::new();
+    let c = Client::streaming(cfg(), &prov, ingest.clone());
+    let got = fetch(&c, &d).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert!(got.failed);
+    assert_eq!(got.bytes, blob[..5 * PIECE], "exactly the verified prefix");
+    assert_eq!(ingest.aborted(), 0);
+    assert_eq!(c.st.metrics().peer_faults("bad_piece"), 2);
 }
 
 #[tokio::test]

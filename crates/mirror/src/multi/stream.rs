@@ -12,8 +12,10 @@
 //! * the last piece is sent only after the whole digest matched: its check against the list
 //!   (hashed from the list's last state and finished) is that match, so every byte is hashed
 //!   once. A last piece that fails is refetched like any bad piece; failing again, or with the
-//!   download ended before it came again, the list's states do not lead to the digest (every
-//!   other piece matched a lying list): the list's holder is marked bad and the ingest aborted.
+//!   download ended before it came again, either its senders were all bad (another holder's
+//!   list corroborates the state before it: the body ends after the checked bytes) or the
+//!   list's states do not lead to the digest (every other piece matched a lying list): the
+//!   list's holder is marked bad and the ingest aborted.
 //!
 //! Every byte sent was checked against the list, so a cut (no provider left, the client gone)
 //! needs no repair, unless the last piece had failed: then the prefix the list vouched for is
@@ -160,10 +162,17 @@ impl Follower {
         self.out.stop(why).await;
     }
 
-    /// The list vouched for every byte sent and its states do not lead to the digest: its
-    /// holder lied; the tail is withheld and the ingest aborted.
+    /// The last piece failed and could not be resolved. Unless another holder corroborates
+    /// the list (then the checked prefix is right and the body ends after it), the list
+    /// vouched for every byte sent and its states do not lead to the digest: its holder lied;
+    /// the tail is withheld and the ingest aborted.
     async fn tail_mismatch(&mut self, got: Option<Digest>) {
         let holder = self.holder.clone();
+        let o = &self.out;
+        if outlet::corroborated(&o.shared, &o.digest, &self.list, &holder).await {
+            let why = "no holder could send a last piece that matches".to_owned();
+            return self.out.stop(why).await;
+        }
         self.out.mismatch(got, vec![holder]).await;
     }
 

@@ -76,7 +76,13 @@ fn lists_round_trip_and_bad_lists_are_refused() {
 
 #[test]
 fn every_piece_of_the_right_blob_passes_on_its_own() {
-    for len in [1, 64, MIN_PIECE as usize, 3 * MIN_PIECE as usize, 3 * MIN_PIECE as usize + 100] {
+    for len in [
+        1,
+        64,
+        MIN_PIECE as usize,
+        3 * MIN_PIECE as usize,
+        3 * MIN_PIECE as usize + 100,
+    ] {
         let b = blob(len);
         let d = Digest::sha256_of(&b);
         let list = list_of(&b, MIN_PIECE);
@@ -90,7 +96,14 @@ fn a_flipped_byte_fails_exactly_its_piece() {
     let good = blob(len);
     let d = Digest::sha256_of(&good);
     let list = list_of(&good, MIN_PIECE);
-    for at in [0, 63, 64, MIN_PIECE as usize - 1, 2 * MIN_PIECE as usize + 5, len - 1] {
+    for at in [
+        0,
+        63,
+        64,
+        MIN_PIECE as usize - 1,
+        2 * MIN_PIECE as usize + 5,
+        len - 1,
+    ] {
         let mut bad = good.clone();
         bad[at] ^= 0x20;
         let piece = at as u64 / MIN_PIECE;
@@ -121,7 +134,9 @@ async fn the_holder_computes_the_list_in_one_pass_and_refuses_corrupt_content() 
     let d = Digest::sha256_of(&b);
     // Reads cut anywhere: the states must not depend on the read sizes.
     let store = Chunked(Bytes::from(b.clone()), 1000);
-    let list = compute(&store, &d, b.len() as u64, MIN_PIECE).await.unwrap();
+    let list = compute(&store, &d, b.len() as u64, MIN_PIECE)
+        .await
+        .unwrap();
     assert_eq!(list, list_of(&b, MIN_PIECE));
     let other = Digest::sha256_of(b"something else");
     assert!(matches!(

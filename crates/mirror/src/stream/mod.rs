@@ -24,9 +24,12 @@
 //!   lying or stale list (or an unchecked body) never completes the body. With a list, the
 //!   last piece's check *is* that match (its hash finished from the list's last state), so
 //!   every byte is hashed once. A last piece that fails is first a bad piece (its peer marked,
-//!   fetched again from another); failing again, or with no one left to send it, it means the
-//!   list's states do not lead to the digest: the list lied, its holder is marked, and the
-//!   prefix it vouched for is suspect, so the tail is withheld and the ingest aborted.
+//!   fetched again from another). Failing again, or with no one left to send it, either the
+//!   senders of the last piece were all bad or the list's states do not lead to the digest.
+//!   Another holder publishing the same state before the last piece settles it for the
+//!   former ([`outlet::corroborated`]: the prefix is right, the body ends after it);
+//!   otherwise the list lied, its holder is marked, and the prefix it vouched for is suspect,
+//!   so the tail is withheld and the ingest aborted.
 //! * **Ingest repair.** If bytes were sent that no list vouched for (no list, or it was dropped)
 //!   and the blob then fails (final mismatch, no provider left, client gone), the local ingest
 //!   of the digest is aborted through [`IngestControl`] before the body ends, so containerd's
@@ -179,7 +182,7 @@ impl Streamer {
                 Some(p) => p,
                 None => match self.piece(i).await {
                     Ok(p) => p,
-                    Err(Stop::TailFailed(got)) => return self.mismatch(got, &mut out).await,
+                    Err(Stop::TailFailed(got)) => return self.tail_failed(got, &mut out).await,
                     Err(stop) => return self.stop(stop, &mut out).await,
                 },
             };
@@ -248,6 +251,19 @@ impl Streamer {
         out.stop(why).await;
     }
 
+    /// The last piece failed against the list and could not be resolved: unless another holder
+    /// corroborates the list (then only the senders of the last piece were bad and the body
+    /// ends after the checked bytes), the list lied.
+    async fn tail_failed(&mut self, got: Option<Digest>, out: &mut Outlet) {
+        if let List::Checked { list, holder } = &self.list {
+            if outlet::corroborated(&self.shared, &self.digest, list, holder).await {
+                let why = "no holder could send a last piece that matches".to_owned();
+                return self.stop(Stop::NoPeer(why), out).await;
+            }
+        }
+        self.mismatch(got, out).await
+    }
+
     /// The whole digest did not match: the tail is never sent, the ingest is aborted.
     async fn mismatch(&mut self, got: Option<Digest>, out: &mut Outlet) {
         let peers = match &self.list {
@@ -306,7 +322,9 @@ impl Streamer {
                 tail_failed = Some(got);
             }
             match self.bad_piece(i, start).await {
-                Err(Stop::NoPeer(_)) if last => return Err(Stop::TailFailed(tail_failed.flatten())),
+                Err(Stop::NoPeer(_)) if last => {
+                    return Err(Stop::TailFailed(tail_failed.flatten()));
+                }
                 r => r?,
             }
         }
@@ -337,9 +355,10 @@ impl Streamer {
         if drop_list {
             // Every piece before this one chained from the IV to the list's state before it,
             // so that state is the real one of the bytes sent: the whole hash resumes there.
-            let resumed = self.list.expect(i, &self.digest).map(|Expect { start, offset, .. }| {
-                Hasher::resume_sha256(start, offset)
-            });
+            let resumed = self
+                .list
+                .expect(i, &self.digest)
+                .map(|Expect { start, offset, .. }| Hasher::resume_sha256(start, offset));
             self.whole = match resumed {
                 Some(Ok(h)) => Some(h),
                 _ => Some(self.digest.algorithm().hasher()),

@@ -315,3 +315,53 @@ pub(crate) async fn fetch_list(
         }
     }
 }
+
+/// After the last piece of blob `digest` failed against `list` (from `holder`) and could not
+/// be resolved (it failed again, or no one else could send it): does another holder publish the
+/// same state before the last piece? Bytes that passed every earlier piece really leave SHA-256
+/// in that state; if two holders agree on it, it is the blob's real state, so the checked
+/// prefix is right and only the last piece's senders were bad (a cut after the checked bytes
+/// is then safe, as for any other piece). Peers marked bad for the blob are asked too: a copy
+/// that went bad after its list was made still has an honest list. Bounded by [`LIST_WAIT`].
+pub(crate) async fn corroborated(
+    shared: &Arc<Shared>,
+    digest: &Digest,
+    list: &PieceList,
+    holder: &str,
+) -> bool {
+    let Some(want) = list.states.last().copied() else {
+        return false;
+    };
+    let key = shoal_oci::Key::Digest(digest.clone());
+    let mut others = shared
+        .providers
+        .find(&key)
+        .filter(|p| futures::future::ready(p.peer != holder))
+        .take(LIST_TRIES);
+    let find = async {
+        let mut asks = FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                Some(p) = others.next() => {
+                    let shared = shared.clone();
+                    asks.push(async move { (shared.client.pieces(&p, digest, list.size).await, p.peer) });
+                }
+                Some((got, peer)) = asks.next() => match got {
+                    Ok(l) if l.piece_size == list.piece_size && l.states.last() == Some(&want) => {
+                        return Some(peer);
+                    }
+                    Ok(_) => tracing::warn!(digest = %digest, %peer, "another holder's piece list disagrees"),
+                    Err(e) => tracing::debug!(digest = %digest, %peer, error = %e, "no piece list to corroborate with"),
+                },
+                else => return None,
+            }
+        }
+    };
+    match tokio::time::timeout(LIST_WAIT, find).await {
+        Ok(Some(peer)) => {
+            tracing::info!(digest = %digest, %holder, by = %peer, "the piece list is corroborated: the checked prefix is right");
+            true
+        }
+        _ => false,
+    }
+}
