@@ -70,13 +70,21 @@ fn timed_pull(node: &Node, reference: &str) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
-/// Waits (at most 5 min) for the holder's piece list file.
-fn wait_for(list: &std::path::Path, holder: &Daemon) {
+/// Waits (at most 5 min) for the holder's piece list file, in the cache directory of either
+/// list version (so the same bench runs an older `SHOAL_BIN` for comparison); returns it.
+fn wait_for(lists: &[std::path::PathBuf], holder: &Daemon) -> std::path::PathBuf {
     let since = Instant::now();
-    while !list.exists() && since.elapsed() < Duration::from_secs(300) {
+    loop {
+        if let Some(found) = lists.iter().find(|l| l.exists()) {
+            return found.clone();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(300),
+            "no piece list\n{}",
+            holder.log_tail()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(list.exists(), "no piece list\n{}", holder.log_tail());
 }
 
 /// `SHOAL_BENCH_PERF=<dir>`: instead of the figures, one warm-up transfer, then one 1 GiB
@@ -178,18 +186,20 @@ fn main() {
     // The holder computes the piece list once, in the background, when the blob appears: wait
     // for that one, then remove it and have a peer's HEAD (through the puller) ask for it again,
     // so its computation falls inside the measured window and nothing else runs on the holder.
-    let list = holder
-        .dir()
-        .join("spool")
-        .join("pieces")
-        .join(format!("sha256-{}", layer.hex()));
-    wait_for(&list, &d1);
+    let lists = ["pieces-v2", "pieces"].map(|dir| {
+        holder
+            .dir()
+            .join("spool")
+            .join(dir)
+            .join(format!("sha256-{}", layer.hex()))
+    });
+    let list = wait_for(&lists, &d1);
     std::fs::remove_file(&list).expect("remove the piece list");
     let via_shoal = d2.blob_url(&huge, &layer);
     let list_cpu_from = cpu_seconds(d1.process().pid());
     let head = puller.exec(&["curl", "-sfI", "-o", "/dev/null", &via_shoal]);
     assert!(head.status.success(), "HEAD through the puller");
-    wait_for(&list, &d1);
+    wait_for(&lists, &d1);
     let list_cpu = cpu_seconds(d1.process().pid()) - list_cpu_from;
 
     if let Ok(dir) = std::env::var("SHOAL_BENCH_PERF") {

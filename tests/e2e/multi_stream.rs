@@ -144,10 +144,12 @@ fn a_holder_whose_list_lies_is_caught_at_the_tail_and_the_blob_comes_from_the_ho
     }
     crawl(rig.node(1));
     rig.set_node_link(2, false);
-    // Every piece matches the lying list; only the whole digest can tell, at the tail: the
-    // last piece is withheld and the ingest aborted. containerd then fetches the blob again
-    // (1.6, 1.7 and 2.2 do so within the same pull), which only the honest holders may answer:
-    // they are freed once the abort happened, so that re-fetch is not held up by the staging.
+    // Every piece but the last matches the lying list; the last one's check is the whole
+    // digest, and it fails from the liar and again when an honest holder sends it (the list
+    // is what is wrong): the last piece is withheld and the ingest aborted. containerd then
+    // fetches the blob again (1.6, 1.7 and 2.2 do so within the same pull), which only the
+    // honest holders may answer: they are freed once the abort happened, so that re-fetch is
+    // not held up by the staging.
     let attempts = std::thread::scope(|sc| {
         let first = sc.spawn(|| rig.node(3).cri_pull(s.img.reference()));
         let deadline = Instant::now() + Duration::from_secs(120);

@@ -41,7 +41,7 @@ fn big_layer(img: &TestImage) -> (Digest, u64) {
 pub(crate) fn list_path(node: &Node, d: &Digest) -> std::path::PathBuf {
     node.dir()
         .join("spool")
-        .join("pieces")
+        .join("pieces-v2")
         .join(format!("sha256-{}", d.hex()))
 }
 
@@ -251,23 +251,21 @@ fn a_holder_whose_list_lies_never_completes_the_body_and_its_ingest_is_aborted()
     );
 }
 
-/// Damage the holder's copy of `layer` (at a third) and forge its list from the damaged bytes:
-/// every piece matches the list, only the whole digest can tell.
+/// Damage the holder's copy of `layer` (at a third) and forge its list from the damaged bytes
+/// (their SHA-256 chaining states at every 1 MiB): every piece but the last matches the list,
+/// only the last piece's check (the whole digest) can tell.
 pub(crate) fn forge_list(node: &Node, layer: &Digest, size: u64) {
     node.corrupt_blob_at(layer, size / 3);
     let bad = std::fs::read(node.blob_path(layer)).unwrap();
     let mut list = Vec::new();
     list.extend_from_slice(&MIB.to_be_bytes());
     list.extend_from_slice(&size.to_be_bytes());
+    let mut h = shoal_oci::ChainHasher::new();
     for c in bad.chunks(MIB as usize) {
-        list.extend_from_slice(hex_decode(Digest::sha256_of(c).hex()).as_slice());
+        h.update(c);
+        if h.len() < size {
+            list.extend_from_slice(&h.state().unwrap().to_bytes());
+        }
     }
     std::fs::write(list_path(node, layer), list).unwrap();
-}
-
-fn hex_decode(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
 }

@@ -1,19 +1,48 @@
-//! Piece lists: the SHA-256 of every fixed-size piece of a blob, so that a puller can check
-//! bytes as they arrive instead of only at the end of the blob.
+//! Piece lists: the SHA-256 chaining state of a blob at every piece boundary, so that a puller
+//! can check bytes as they arrive, each byte hashed once, instead of only at the end of the blob.
 //!
-//! A holder computes the list of a blob it holds once, from its containerd content, and keeps it
-//! in a small bounded on-disk cache (`<spool_dir>/pieces/`, written to a temp file then
-//! renamed). While computing it also hashes the whole blob: a list is published only when the
-//! content matched its digest, so a list never vouches for corrupt local content (a holder whose
-//! disk flipped a byte publishes no list and stops serving that blob, see [`Pieces::is_corrupt`]).
+//! SHA-256 carries eight 32-bit words from one 64-byte block to the next ([`ChainHasher`]).
+//! Pieces are a multiple of 64 bytes, so the state after pieces `0..k` is well defined: call it
+//! `S_k` (`S_0` is SHA-256's initial value). A list publishes `S_1 ..= S_{n-1}` for a blob of
+//! `n` pieces. Piece `k` is checked on its own: hashing it from `S_k` must give `S_{k+1}`; the
+//! last piece, hashed from `S_{n-1}`, padded and finished, must give the blob's digest. So:
+//!
+//! * **Every byte is hashed once.** If every piece passed, then by induction from `S_0` the
+//!   bytes `0..k·P` really leave SHA-256 in `S_k`, whatever the list says, and the last check
+//!   *is* the whole-blob digest check: there is no second, whole-blob pass.
+//! * **A lying or stale list is still caught, at the last piece.** A list can make wrong bytes
+//!   pass pieces `0..n-1` (a holder serving its own wrong bytes with their states), but those
+//!   states cannot be finished into the blob's digest with any last piece without a SHA-256
+//!   collision. So the tail hold, the ingest repair and the "the list lied" blame of
+//!   [`crate::stream`] stay: they are triggered by the last piece failing when every other
+//!   piece passed. A last-piece failure is ambiguous (a bad last piece from an honest list, or
+//!   a list that lied about an earlier state), so the puller first treats it as a bad piece
+//!   (mark its peer, fetch it again from another). When it fails again, or no one else can
+//!   send it, another holder whose list has the same state before the last piece
+//!   corroborates the list (bytes that passed every earlier piece really are in that state,
+//!   and two holders agree it is the blob's): the prefix is right and only the last piece's
+//!   senders were bad. Without that, it is the whole-digest mismatch of a lying list.
+//!
+//! A holder computes the list of a blob it holds once, from its containerd content, in one
+//! pass: the states are read off the same hash whose finish checks the content against its
+//! digest, and a list is published only when that check passed, so a list never vouches for
+//! corrupt local content (a holder whose disk flipped a byte publishes no list and stops
+//! serving that blob, see [`Pieces::is_corrupt`]). Lists are kept in a small bounded on-disk
+//! cache (`<spool_dir>/pieces-v2/`, written to a temp file then renamed).
 //!
 //! Lists are computed in the background, one blob at a time, when a peer first asks for the
 //! list or the blob; until then the list route answers 404 and pullers stream without one (with
 //! the tail hold and the ingest abort of [`crate::stream`]). The route
-//! (`GET /shoal/v1/pieces/<digest>`) answers signed peers only.
+//! (`GET /shoal/v2/pieces/<digest>`, media type `application/vnd.shoal.pieces.v2`) answers
+//! signed peers only.
 //!
-//! Wire and cache format (big-endian): piece size (u64), blob size (u64), then 32 bytes per
-//! piece, the last piece being the remainder.
+//! Versions: v1 lists (a SHA-256 per piece) are neither served, asked for nor read: their cache
+//! directory was `pieces/`, this one is `pieces-v2/`. During a rolling upgrade an old holder
+//! answers 404 on the v2 route (and a new one 404 on the v1 route), so the puller streams
+//! without a list, which is safe (tail hold, ingest repair).
+//!
+//! Wire and cache format (big-endian): piece size (u64), blob size (u64), then the 32-byte
+//! state (eight big-endian words) at the end of every piece but the last.
 //!
 //! Piece size: 1 MiB. The puller sends a piece only once it has arrived whole and matched, so
 //! the piece size is the added first-byte latency (about 8 ms at 1 Gbit/s, 40 ms at
@@ -24,10 +53,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
-use sha2::{Digest as _, Sha256};
-use shoal_oci::{Algorithm, Digest};
+use shoal_oci::{Algorithm, ChainHasher, ChainState, Digest, SHA256_BLOCK};
 
 use axum::body::Body;
 use axum::response::Response;
@@ -44,9 +72,11 @@ pub(crate) const PIECE_SIZE: u64 = 1024 * 1024;
 const MIN_PIECE: u64 = 64 * 1024;
 const MAX_PIECE: u64 = 16 * 1024 * 1024;
 /// Path prefix of the peer-only route.
-pub(crate) const ROUTE: &str = "/shoal/v1/pieces/";
+pub(crate) const ROUTE: &str = "/shoal/v2/pieces/";
 /// Media type of a list.
-pub(crate) const MEDIA_TYPE: &str = "application/vnd.shoal.pieces.v1";
+pub(crate) const MEDIA_TYPE: &str = "application/vnd.shoal.pieces.v2";
+/// The cache directory under the spool directory (v1 lists lived in `pieces/`).
+pub(crate) const CACHE_DIR: &str = "pieces-v2";
 /// Most lists kept on disk (a 1 GiB blob's list is 32 KiB).
 const MAX_CACHED: usize = 2048;
 /// Most blobs waiting for their list to be computed; more requests are ignored until later.
@@ -60,20 +90,64 @@ const HEADER: usize = 16;
 pub(crate) enum ListError {
     #[error("piece list is {0} bytes, too short for its header")]
     Short(usize),
-    #[error("piece size {0} is outside {MIN_PIECE}..={MAX_PIECE}")]
+    #[error(
+        "piece size {0} is outside {MIN_PIECE}..={MAX_PIECE} or not a multiple of {SHA256_BLOCK}"
+    )]
     PieceSize(u64),
     #[error("piece list is for a blob of {got} bytes, not {want}")]
     Size { got: u64, want: u64 },
-    #[error("piece list has {got} bytes of digests, {want} expected")]
+    #[error("piece list has {got} bytes of states, {want} expected")]
     Count { got: usize, want: u64 },
 }
 
-/// The digests of every piece of one blob.
+/// The SHA-256 chaining states of one blob at its piece boundaries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PieceList {
     pub piece_size: u64,
     pub size: u64,
-    pub hashes: Vec<[u8; 32]>,
+    /// The state after pieces `0..=k`, for every piece `k` but the last.
+    pub states: Vec<ChainState>,
+}
+
+/// What piece `i` of a listed blob must hash to: from `start` (the state at `offset`) over the
+/// piece, to `end`.
+#[derive(Debug, Clone)]
+pub(crate) struct Expect {
+    pub start: ChainState,
+    pub offset: u64,
+    pub end: End,
+}
+
+/// The end of a piece's check.
+#[derive(Debug, Clone)]
+pub(crate) enum End {
+    /// A piece before the last: the state after it.
+    State(ChainState),
+    /// The last piece: finished, the blob's digest.
+    Digest(Digest),
+}
+
+impl Expect {
+    /// Hash `chunks` (one piece) from the start state; `Err` carries the digest obtained when
+    /// this was the last piece.
+    pub(crate) fn check(&self, chunks: &[Bytes]) -> Result<(), Option<Digest>> {
+        let Ok(mut h) = ChainHasher::resume(self.start, self.offset) else {
+            return Err(None);
+        };
+        for c in chunks {
+            h.update(c);
+        }
+        match &self.end {
+            End::State(want) => match h.state() {
+                Some(got) if got == *want => Ok(()),
+                _ => Err(None),
+            },
+            End::Digest(want) => {
+                let got = h.finish();
+                if &got == want { Ok(()) } else { Err(Some(got)) }
+            }
+        }
+    }
 }
 
 impl PieceList {
@@ -82,12 +156,44 @@ impl PieceList {
         size.div_ceil(piece_size)
     }
 
+    /// Number of pieces of this list's blob.
+    pub(crate) fn pieces(&self) -> u64 {
+        Self::count(self.size, self.piece_size)
+    }
+
+    /// What piece `i` of blob `digest` must hash to.
+    pub(crate) fn expect(&self, i: u64, digest: &Digest) -> Expect {
+        let start = match i.checked_sub(1) {
+            None => ChainState::INITIAL,
+            Some(k) => self.state(k),
+        };
+        let end = if i + 1 >= self.pieces() {
+            End::Digest(digest.clone())
+        } else {
+            End::State(self.state(i))
+        };
+        Expect {
+            start,
+            offset: i * self.piece_size,
+            end,
+        }
+    }
+
+    /// The state after piece `k` (a piece before the last). A piece past the list compares
+    /// against no real state: `decode` makes that impossible for a list from a peer.
+    pub(crate) fn state(&self, k: u64) -> ChainState {
+        self.states
+            .get(k as usize)
+            .copied()
+            .unwrap_or(ChainState::from_bytes([0; 32]))
+    }
+
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER + 32 * self.hashes.len());
+        let mut out = Vec::with_capacity(HEADER + 32 * self.states.len());
         out.extend_from_slice(&self.piece_size.to_be_bytes());
         out.extend_from_slice(&self.size.to_be_bytes());
-        for h in &self.hashes {
-            out.extend_from_slice(h);
+        for s in &self.states {
+            out.extend_from_slice(&s.to_bytes());
         }
         out
     }
@@ -103,13 +209,13 @@ impl PieceList {
             u64::from_be_bytes(b)
         };
         let (piece_size, got) = (word(0), word(8));
-        if !(MIN_PIECE..=MAX_PIECE).contains(&piece_size) {
+        if !(MIN_PIECE..=MAX_PIECE).contains(&piece_size) || piece_size % SHA256_BLOCK != 0 {
             return Err(ListError::PieceSize(piece_size));
         }
         if got != size {
             return Err(ListError::Size { got, want: size });
         }
-        let want = Self::count(size, piece_size);
+        let want = Self::count(size, piece_size).saturating_sub(1);
         let body = &bytes[HEADER..];
         if body.len() as u64 != want * 32 {
             return Err(ListError::Count {
@@ -117,18 +223,18 @@ impl PieceList {
                 want: want * 32,
             });
         }
-        let hashes = body
+        let states = body
             .chunks_exact(32)
             .map(|c| {
                 let mut h = [0u8; 32];
                 h.copy_from_slice(c);
-                h
+                ChainState::from_bytes(h)
             })
             .collect();
         Ok(PieceList {
             piece_size,
             size,
-            hashes,
+            states,
         })
     }
 
@@ -151,20 +257,24 @@ pub(crate) enum ComputeError {
     Task(String),
 }
 
-/// Hash `size` bytes of local blob `digest` into a piece list, checking the whole digest.
+/// Hash `size` bytes of local sha256 blob `digest` into a piece list, in one pass: the states
+/// at the piece boundaries, then the finish that checks the whole digest.
 pub(crate) async fn compute(
     local: &dyn LocalStore,
     digest: &Digest,
     size: u64,
     piece_size: u64,
 ) -> Result<PieceList, ComputeError> {
+    debug_assert_eq!(piece_size % SHA256_BLOCK, 0);
     let mut stream = local
         .read(digest, 0, Some(size))
         .await
         .map_err(ComputeError::Read)?;
-    let mut whole = digest.algorithm().hasher();
-    let mut hashes = Vec::with_capacity(PieceList::count(size, piece_size) as usize);
-    let mut piece = BytesMut::with_capacity(piece_size as usize);
+    let mut hasher = ChainHasher::new();
+    let mut states = Vec::with_capacity(PieceList::count(size, piece_size) as usize);
+    // The chunks of the piece being gathered (slices of the reads: nothing is copied).
+    let mut piece: Vec<Bytes> = Vec::new();
+    let mut pending = 0u64;
     let mut got = 0u64;
     loop {
         let chunk = stream
@@ -173,26 +283,24 @@ pub(crate) async fn compute(
             .transpose()
             .map_err(ComputeError::Read)?;
         let end = chunk.is_none();
-        if let Some(c) = chunk {
+        if let Some(mut c) = chunk {
             got += c.len() as u64;
             if got > size {
                 return Err(ComputeError::Length { got, want: size });
             }
-            piece.extend_from_slice(&c);
-        }
-        // Hash whole pieces (and the remainder at the end) off the async workers.
-        while piece.len() as u64 >= piece_size || (end && !piece.is_empty()) {
-            let n = (piece_size as usize).min(piece.len());
-            let p = piece.split_to(n).freeze();
-            let (h, w) = tokio::task::spawn_blocking(move || {
-                let mut w = whole;
-                w.update(&p);
-                (Sha256::digest(&p), w)
-            })
-            .await
-            .map_err(|e| ComputeError::Task(e.to_string()))?;
-            whole = w;
-            hashes.push(h.into());
+            // Cut at the piece boundaries, hashing each whole piece off the async workers.
+            while pending + c.len() as u64 >= piece_size {
+                piece.push(c.split_to((piece_size - pending) as usize));
+                hasher = hash_piece(hasher, std::mem::take(&mut piece)).await?;
+                pending = 0;
+                if hasher.len() < size {
+                    states.extend(hasher.state());
+                }
+            }
+            if !c.is_empty() {
+                pending += c.len() as u64;
+                piece.push(c);
+            }
         }
         if end {
             break;
@@ -201,15 +309,36 @@ pub(crate) async fn compute(
     if got != size {
         return Err(ComputeError::Length { got, want: size });
     }
-    let actual = whole.finish();
+    let actual = tokio::task::spawn_blocking(move || {
+        let mut h = hasher;
+        for c in &piece {
+            h.update(c);
+        }
+        h.finish()
+    })
+    .await
+    .map_err(|e| ComputeError::Task(e.to_string()))?;
     if &actual != digest {
         return Err(ComputeError::Corrupt(actual));
     }
     Ok(PieceList {
         piece_size,
         size,
-        hashes,
+        states,
     })
+}
+
+/// Feed one piece to `hasher` on a blocking thread.
+async fn hash_piece(hasher: ChainHasher, piece: Vec<Bytes>) -> Result<ChainHasher, ComputeError> {
+    tokio::task::spawn_blocking(move || {
+        let mut h = hasher;
+        for c in &piece {
+            h.update(c);
+        }
+        h
+    })
+    .await
+    .map_err(|e| ComputeError::Task(e.to_string()))
 }
 
 /// The holder side: the on-disk cache, the background computation and the corrupt set.
@@ -280,7 +409,7 @@ impl Pieces {
             match compute(local.as_ref(), &digest, size, PIECE_SIZE).await {
                 Ok(list) => match me.store(&digest, &list).await {
                     Ok(()) => {
-                        tracing::info!(digest = %digest, pieces = list.hashes.len(), elapsed = ?started.elapsed(), "piece list computed")
+                        tracing::info!(digest = %digest, pieces = list.pieces(), elapsed = ?started.elapsed(), "piece list computed")
                     }
                     Err(e) => {
                         tracing::warn!(digest = %digest, error = %e, "cannot cache the piece list")
@@ -341,7 +470,7 @@ fn evict(dir: &std::path::Path, max: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-/// `GET /shoal/v1/pieces/<digest>`: the cached list of a local blob, to signed peers only.
+/// `GET /shoal/v2/pieces/<digest>`: the cached list of a local blob, to signed peers only.
 /// Not cached yet: 404, and the list is computed in the background for the next asker.
 pub(crate) async fn serve_list(
     shared: &Arc<Shared>,
@@ -390,68 +519,5 @@ pub(crate) async fn serve_list(
     Ok((res, Source::Local))
 }
 
-/// SHA-256 of one piece held as consecutive chunks.
-pub(crate) fn hash_chunks(chunks: &[Bytes]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    for c in chunks {
-        h.update(c);
-    }
-    h.finalize().into()
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lists_round_trip_and_bad_lists_are_refused() {
-        let size = 3 * MIN_PIECE + 5;
-        let list = PieceList {
-            piece_size: MIN_PIECE,
-            size,
-            hashes: vec![[1; 32], [2; 32], [3; 32], [4; 32]],
-        };
-        let enc = list.encode();
-        assert_eq!(PieceList::decode(&enc, size).unwrap(), list);
-        assert!(matches!(
-            PieceList::decode(&enc, size + 1),
-            Err(ListError::Size { .. })
-        ));
-        assert!(matches!(
-            PieceList::decode(&enc[..enc.len() - 1], size),
-            Err(ListError::Count { .. })
-        ));
-        assert!(matches!(
-            PieceList::decode(&enc[..3], size),
-            Err(ListError::Short(3))
-        ));
-        let mut tiny = enc.clone();
-        tiny[..8].copy_from_slice(&16u64.to_be_bytes());
-        assert!(matches!(
-            PieceList::decode(&tiny, size),
-            Err(ListError::PieceSize(16))
-        ));
-        assert!(enc.len() as u64 <= PieceList::max_encoded(size));
-    }
-
-    #[test]
-    fn eviction_keeps_the_newest() {
-        let tmp = tempfile::tempdir().unwrap();
-        for i in 0..5 {
-            std::fs::write(tmp.path().join(format!("f{i}")), b"x").unwrap();
-            let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000 + i);
-            let f = std::fs::File::options()
-                .write(true)
-                .open(tmp.path().join(format!("f{i}")))
-                .unwrap();
-            f.set_modified(t).unwrap();
-        }
-        evict(tmp.path(), 3).unwrap();
-        let mut left: Vec<String> = std::fs::read_dir(tmp.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
-        assert_eq!(left, ["f2", "f3", "f4"]);
-    }
-}
+mod tests;

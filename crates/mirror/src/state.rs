@@ -210,7 +210,9 @@ impl MirrorStateBuilder {
         let peer_fetches = Arc::new(tokio::sync::Semaphore::new(
             self.cfg.max_concurrent_peer_fetches,
         ));
-        let pieces = Arc::new(Pieces::new(self.cfg.spool_dir.join("pieces")));
+        let pieces = Arc::new(Pieces::new(
+            self.cfg.spool_dir.join(crate::pieces::CACHE_DIR),
+        ));
         Ok(MirrorState(Arc::new(Shared {
             pieces,
             ingest: self.ingest,

@@ -111,6 +111,20 @@ async fn a_holder_corrupt_everywhere_is_caught_and_its_pieces_come_from_the_othe
 }
 
 #[tokio::test]
+async fn a_corrupt_last_piece_is_refetched_not_taken_for_a_lying_list() {
+    // The last piece's check is the whole digest; failing once, it is a bad piece like any
+    // other (the list is right): refetched from the others, nothing aborted.
+    let blob = data(SIZE, 35);
+    let (got, c, ingest, fakes) = three_listed(&blob, ("bad", Mode::CorruptAt(SIZE - 2))).await;
+    let d = fakes[0].digest.clone();
+    assert_eq!(got.bytes, blob, "the bad last piece was replaced");
+    assert_eq!(ingest.aborted(), 0);
+    assert_eq!(c.st.metrics().peer_faults("ingest_aborted"), 0);
+    let by_peer = served(&c.log, &d.to_string(), SIZE as u64);
+    assert_eq!(by_peer.values().sum::<u64>(), SIZE as u64, "{by_peer:?}");
+}
+
+#[tokio::test]
 async fn a_lying_list_withholds_the_tail_and_aborts_the_ingest() {
     // The liar's bytes are wrong in piece 9 and its list was made from them; the honest
     // holder publishes no list and crawls, so the liar serves (or takes over) every range.

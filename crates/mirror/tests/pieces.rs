@@ -9,7 +9,6 @@ use std::time::Duration;
 use axum::body::Body;
 use common::*;
 use http::StatusCode;
-use sha2::Digest as _;
 use shoal_mirror::{MirrorConfig, MirrorState, router};
 use shoal_oci::Digest;
 
@@ -25,7 +24,7 @@ fn holder(store: &Arc<MemStore>, dir: &std::path::Path) -> axum::Router {
 }
 
 fn list_uri(d: &Digest) -> String {
-    format!("/shoal/v1/pieces/{d}")
+    format!("/shoal/v2/pieces/{d}")
 }
 
 fn as_peer(uri: &str) -> http::Request<Body> {
@@ -60,7 +59,7 @@ async fn lists_are_computed_once_cached_and_served_to_peers_only() {
     let a = send(&r, get(&list_uri(&d))).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     // A bad digest is named.
-    let a = send(&r, as_peer("/shoal/v1/pieces/sha256:nothex")).await;
+    let a = send(&r, as_peer("/shoal/v2/pieces/sha256:nothex")).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     assert!(String::from_utf8_lossy(a.ok_body()).contains("not a digest"));
     // Not held: 404.
@@ -74,13 +73,14 @@ async fn lists_are_computed_once_cached_and_served_to_peers_only() {
     let a = wait_list(&r, &d).await;
     assert_eq!(
         a.header("content-type"),
-        Some("application/vnd.shoal.pieces.v1")
+        Some("application/vnd.shoal.pieces.v2")
     );
     assert_eq!(a.ok_body().as_ref(), &piece_list(&blob, MIB)[..]);
-    assert_eq!(a.ok_body().len(), 16 + 3 * 32);
+    // Three pieces: the states after the first two (the last one's check is the digest).
+    assert_eq!(a.ok_body().len(), 16 + 2 * 32);
 
     // Cached on disk (temp file renamed away): a restarted holder serves it at once.
-    let dir = tmp.path().join("spool").join("pieces");
+    let dir = tmp.path().join("spool").join("pieces-v2");
     let names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -139,6 +139,8 @@ async fn a_peer_blob_request_starts_the_list_and_a_corrupt_copy_is_withdrawn() {
     // The good blob's list is unaffected; the whole digest was checked for it too.
     let a = send(&r, as_peer(&list_uri(&d))).await;
     assert_eq!(a.status, StatusCode::OK);
-    let hashes = &a.ok_body()[16..];
-    assert_eq!(&hashes[..32], &sha2::Sha256::digest(&good[..MIB])[..]);
+    let states = &a.ok_body()[16..];
+    let mut first = shoal_oci::ChainHasher::new();
+    first.update(&good[..MIB]);
+    assert_eq!(&states[..32], &first.state().unwrap().to_bytes()[..]);
 }

@@ -147,6 +147,88 @@ async fn a_lying_list_never_completes_the_body_and_the_ingest_is_aborted() {
 }
 
 #[tokio::test]
+async fn a_lying_list_is_caught_when_an_honest_holder_sends_the_last_piece_again() {
+    // The liar serves wrong bytes with their states; an honest holder publishes no list. The
+    // last piece fails from the liar (marked), comes again from the honest holder and fails
+    // again: the list is what is wrong, so the tail is withheld and the ingest aborted.
+    let blob = data(SIZE, 12);
+    let d = Digest::sha256_of(&blob);
+    let mut wrong = blob.clone();
+    wrong[PIECE + 3] ^= 0xff;
+    let (_l, a_liar) = holder(
+        &blob,
+        Mode::CorruptAt(PIECE + 3),
+        Some(piece_list(&wrong, PIECE)),
+    )
+    .await;
+    let (honest, a_honest) = holder(&blob, Mode::Good, None).await;
+    let prov = Arc::new(FakeProviders::default());
+    prov.add(Key::Digest(d.clone()), a_liar, "liar");
+    prov.add(Key::Digest(d.clone()), a_honest, "honest");
+    let ingest = FakeIngest::new();
+    let c = Client::streaming(cfg(), &prov, ingest.clone());
+    let got = fetch(&c, &d).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert!(got.failed, "the body must fail, not end cleanly");
+    assert_eq!(got.bytes.len(), 5 * PIECE, "the last piece was withheld");
+    assert_eq!(
+        ranges(&honest).last().cloned().flatten(),
+        Some(format!("bytes={}-", 5 * PIECE)),
+        "the last piece was asked again of the honest holder"
+    );
+    assert_eq!(ingest.aborted(), 1);
+    assert_eq!(c.st.metrics().peer_faults("bad_piece"), 1);
+}
+
+#[tokio::test]
+async fn the_only_holder_corrupt_in_its_last_piece_cannot_be_told_from_a_lying_list() {
+    // The list is right, the holder's last piece is not, and no one else has the blob: a
+    // failed last piece that cannot be fetched again may as well be a list that lied about an
+    // earlier state, so the prefix it vouched for is suspect: the ingest is aborted.
+    let blob = data(SIZE, 13);
+    let d = Digest::sha256_of(&blob);
+    let (_p, addr) = holder(
+        &blob,
+        Mode::CorruptAt(SIZE - 2),
+        Some(piece_list(&blob, PIECE)),
+    )
+    .await;
+    let prov = Arc::new(FakeProviders::default());
+    prov.add(Key::Digest(d.clone()), addr, "bad");
+    let ingest = FakeIngest::new();
+    let c = Client::streaming(cfg(), &prov, ingest.clone());
+    let got = fetch(&c, &d).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert!(got.failed);
+    assert_eq!(got.bytes, blob[..5 * PIECE]);
+    assert_eq!(ingest.aborted(), 1);
+}
+
+#[tokio::test]
+async fn a_last_piece_bad_everywhere_under_a_corroborated_list_ends_after_the_checked_bytes() {
+    // Both holders publish the right list; one is corrupt in its first piece, the other in its
+    // last bytes, so no one can send a good last piece. The other holder's list agrees with
+    // the state before the last piece: the prefix is right, the body ends after it (containerd
+    // resumes from the registry) and nothing is aborted.
+    let blob = data(SIZE, 14);
+    let d = Digest::sha256_of(&blob);
+    let list = piece_list(&blob, PIECE);
+    let (_a, a_first) = holder(&blob, Mode::CorruptAt(10), Some(list.clone())).await;
+    let (_b, a_last) = holder(&blob, Mode::CorruptAt(SIZE - 2), Some(list)).await;
+    let prov = Arc::new(FakeProviders::default());
+    prov.add(Key::Digest(d.clone()), a_first, "bad-first");
+    prov.add(Key::Digest(d.clone()), a_last, "bad-last");
+    let ingest = FakeIngest::new();
+    let c = Client::streaming(cfg(), &prov, ingest.clone());
+    let got = fetch(&c, &d).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert!(got.failed);
+    assert_eq!(got.bytes, blob[..5 * PIECE], "exactly the verified prefix");
+    assert_eq!(ingest.aborted(), 0);
+    assert_eq!(c.st.metrics().peer_faults("bad_piece"), 2);
+}
+
+#[tokio::test]
 async fn without_a_list_a_corrupt_blob_is_cut_before_its_tail_and_the_ingest_aborted() {
     // Without a list the puller's own pieces are 1 MiB: two are sent, the short tail is held.
     let size = 2 * 1024 * 1024 + 4321;
@@ -307,7 +389,7 @@ async fn a_real_holder_publishes_a_list_that_the_puller_uses() {
     let got = fetch(&c, &d).await;
     assert_eq!((got.status, got.failed), (StatusCode::OK, false));
     assert_eq!(got.bytes, blob);
-    let list_uri = format!("/shoal/v1/pieces/{d}");
+    let list_uri = format!("/shoal/v2/pieces/{d}");
     let mut published = false;
     for _ in 0..100 {
         let a = reqwest::Client::new()

@@ -6,6 +6,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::Digest as _;
 
+use crate::chain::{ChainHasher, ChainState, NotAligned};
+
 /// A digest algorithm Shoal can verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Algorithm {
@@ -44,18 +46,27 @@ impl Algorithm {
 pub enum Hasher {
     Sha256(sha2::Sha256),
     Sha512(Box<sha2::Sha512>),
+    /// SHA-256 resumed from a chaining state part-way through the stream.
+    Sha256Chain(ChainHasher),
 }
 
 impl Hasher {
+    /// A SHA-256 hasher for a stream whose first `offset` bytes left SHA-256 in `state`.
+    pub fn resume_sha256(state: ChainState, offset: u64) -> Result<Hasher, NotAligned> {
+        ChainHasher::resume(state, offset).map(Hasher::Sha256Chain)
+    }
+
     pub fn update(&mut self, data: &[u8]) {
         match self {
             Hasher::Sha256(h) => h.update(data),
             Hasher::Sha512(h) => h.update(data),
+            Hasher::Sha256Chain(h) => h.update(data),
         }
     }
 
     pub fn finish(self) -> Digest {
         match self {
+            Hasher::Sha256Chain(h) => h.finish(),
             Hasher::Sha256(h) => Digest {
                 algorithm: Algorithm::Sha256,
                 hex: hex::encode(h.finalize()),
@@ -93,6 +104,14 @@ pub struct Digest {
 }
 
 impl Digest {
+    /// The digest whose hash is `raw` (the algorithm's output bytes).
+    pub(crate) fn from_raw(algorithm: Algorithm, raw: &[u8]) -> Digest {
+        Digest {
+            algorithm,
+            hex: hex::encode(raw),
+        }
+    }
+
     /// Digest of `data` with `algorithm`.
     pub fn compute(algorithm: Algorithm, data: &[u8]) -> Digest {
         let mut h = algorithm.hasher();

@@ -5,6 +5,7 @@
 //! header, a manifest fetched from a peer) lives here so it can be property-tested and fuzzed
 //! in isolation, and every other crate depends on it, never the other way round.
 
+mod chain;
 mod digest;
 mod error;
 mod key;
@@ -16,6 +17,7 @@ mod range;
 mod reference;
 mod registry;
 
+pub use chain::{BLOCK as SHA256_BLOCK, ChainHasher, ChainState, NotAligned};
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error::{ErrorBody, ErrorCode, ErrorInfo};
 pub use key::{Key, KeyError, TagKey};

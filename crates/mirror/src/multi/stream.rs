@@ -9,11 +9,17 @@
 //!   holders while the other ranges keep coming; the same piece failing from two peers casts
 //!   doubt on the list, and the body ends after the checked bytes (containerd resumes with
 //!   `Range`, served from a verified copy);
-//! * the last piece is sent only after the whole digest matched; a mismatch (every piece
-//!   matched a lying list) marks the list's holder bad and aborts the ingest.
+//! * the last piece is sent only after the whole digest matched: its check against the list
+//!   (hashed from the list's last state and finished) is that match, so every byte is hashed
+//!   once. A last piece that fails is refetched like any bad piece; failing again, or with the
+//!   download ended before it came again, either its senders were all bad (another holder's
+//!   list corroborates the state before it: the body ends after the checked bytes) or the
+//!   list's states do not lead to the digest (every other piece matched a lying list): the
+//!   list's holder is marked bad and the ingest aborted.
 //!
 //! Every byte sent was checked against the list, so a cut (no provider left, the client gone)
-//! needs no repair. The follower runs in its own task so that a slow client never stalls the
+//! needs no repair, unless the last piece had failed: then the prefix the list vouched for is
+//! suspect, and the ingest is aborted as on a mismatch. The follower runs in its own task so that a slow client never stalls the
 //! scheduler (the ranges keep landing in the file, bounded by the blob's size on disk).
 
 use std::fs::File;
@@ -22,7 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use bytes::Bytes;
-use shoal_oci::{Digest, Hasher};
+use shoal_oci::Digest;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 
 use super::Failure;
@@ -33,7 +39,7 @@ use crate::pieces::PieceList;
 use crate::source::{IngestControl, Provider};
 use crate::spool::SpoolFile;
 use crate::state::Shared;
-use crate::stream::outlet::{self, List, Outlet, Piece};
+use crate::stream::outlet::{self, Check, List, Outlet, Piece};
 
 /// The piece list to stream a multi-peer blob with, asked of `first` (and others) when there
 /// is one to ask; `None`: verify the blob whole instead.
@@ -45,7 +51,7 @@ pub(crate) async fn list(
 ) -> Option<List> {
     let list = outlet::fetch_list(shared.clone(), first?, digest, size).await;
     match &list {
-        List::Checked { list: l, .. } if l.hashes.len() > 1 => Some(list),
+        List::Checked { list: l, .. } if l.pieces() > 1 => Some(list),
         _ => None,
     }
 }
@@ -83,6 +89,7 @@ pub(crate) async fn start(
             frontier: run.frontier(),
             notes,
             failed: failed.clone(),
+            tail_failed: None,
             out,
         };
         let mut task = crate::trace::spawn(follower.run());
@@ -117,6 +124,8 @@ struct Follower {
     notes: mpsc::Sender<Note>,
     /// Why the scheduler gave up, once it has.
     failed: Arc<Mutex<Option<String>>>,
+    /// The last piece failed the list once (with the digest it gave): the list may be lying.
+    tail_failed: Option<Option<Digest>>,
     out: Outlet,
 }
 
@@ -125,6 +134,8 @@ enum Halt {
     /// The scheduler ended (see `failed`).
     Ended,
     Stop(String),
+    /// The last piece failed from two peers: the list does not lead to the digest.
+    TailFailed(Option<Digest>),
 }
 
 impl Follower {
@@ -134,6 +145,12 @@ impl Follower {
             Err(h) => h,
         };
         let why = match halt {
+            Halt::TailFailed(got) => return self.tail_mismatch(got).await,
+            // The last piece had failed once: the prefix the list vouched for is suspect.
+            _ if self.tail_failed.is_some() => {
+                let got = self.tail_failed.take().flatten();
+                return self.tail_mismatch(got).await;
+            }
             Halt::Stop(why) => why,
             Halt::Ended => self
                 .failed
@@ -145,25 +162,45 @@ impl Follower {
         self.out.stop(why).await;
     }
 
-    /// Every piece in order; the last only once the whole digest matched.
+    /// The last piece failed and could not be resolved. Unless another holder corroborates
+    /// the list (then the checked prefix is right and the body ends after it), the list
+    /// vouched for every byte sent and its states do not lead to the digest: its holder lied;
+    /// the tail is withheld and the ingest aborted.
+    async fn tail_mismatch(&mut self, got: Option<Digest>) {
+        let holder = self.holder.clone();
+        let o = &self.out;
+        if outlet::corroborated(&o.shared, &o.digest, &self.list, &holder).await {
+            let why = "no holder could send a last piece that matches".to_owned();
+            return self.out.stop(why).await;
+        }
+        self.out.mismatch(got, vec![holder]).await;
+    }
+
+    /// Every piece in order, each checked on its own; the last (whose check is the whole
+    /// digest) only once it matched.
     async fn pieces(&mut self) -> Result<(), Halt> {
         let (size, piece_size) = (self.list.size, self.list.piece_size);
         let count = PieceList::count(size, piece_size);
         let digest = self.out.digest.clone();
-        let mut whole = Some(digest.algorithm().hasher());
         let mut misses = 0;
         let mut i = 0;
         while i < count {
             let start = i * piece_size;
             let end = (start + piece_size).min(size);
+            let last = i + 1 == count;
             let piece = self.read(start, end).await?;
-            let expected = self.list.hashes.get(i as usize).copied();
-            let (ok, w, piece) = outlet::check(piece, expected, whole.take())
+            let expect = self.list.expect(i, &digest);
+            let checked = outlet::check(piece, Check::Listed(expect))
                 .await
                 .map_err(Halt::Stop)?;
-            whole = w;
-            if !ok {
+            if let Err(got) = checked.verdict {
                 misses += 1;
+                if last && misses >= 2 {
+                    return Err(Halt::TailFailed(got));
+                }
+                if last {
+                    self.tail_failed = Some(got);
+                }
                 let peers = self
                     .note(|reply| Note::Refetch { start, end, reply })
                     .await?;
@@ -179,17 +216,11 @@ impl Follower {
                 continue;
             }
             misses = 0;
-            if i + 1 == count {
-                let got = whole.take().map(Hasher::finish);
-                if got.as_ref() != Some(&digest) {
-                    // Every piece matched the list: the list (and its holder) lied.
-                    let holder = self.holder.clone();
-                    self.out.mismatch(got, vec![holder]).await;
-                    return Ok(());
-                }
+            if last {
+                self.tail_failed = None;
                 self.note(|reply| Note::Verified { reply }).await?;
             }
-            if self.out.send(piece, true).await.is_err() {
+            if self.out.send(checked.piece, true).await.is_err() {
                 return Err(Halt::Stop("the client went away".into()));
             }
             i += 1;

@@ -12,13 +12,24 @@
 //!
 //! * **No headers before the first piece is in hand.** The response is only returned once the
 //!   first piece has arrived and passed its check; every failure before that is a clean 404.
-//! * **Piece checks.** The piece list ([`crate::pieces`]) is fetched from a holder (one that
-//!   publishes lists only for content that matched its digest). Each piece is sent only once it
-//!   matched its list entry; a bad piece marks its peer bad for the blob and is fetched again
-//!   from the next provider at the piece's offset, without restarting the blob. A piece that
-//!   fails against the list from two peers drops the list.
+//! * **Piece checks.** The piece list ([`crate::pieces`]: SHA-256 chaining states at the piece
+//!   boundaries) is fetched from a holder (one that publishes lists only for content that
+//!   matched its digest). Each piece is sent only once it hashed, from the list's state before
+//!   it, to the list's state after it; a bad piece marks its peer bad for the blob and is
+//!   fetched again from the next provider at the piece's offset, without restarting the blob.
+//!   A piece before the last that fails against the list from two peers drops the list; the
+//!   stream goes on with a whole-blob hash resumed from the state the checked prefix really
+//!   has (the list's state before that piece: every earlier piece chained to it from the IV).
 //! * **Tail hold.** The final piece is sent only after the whole-blob digest matched, so a
-//!   lying or stale list (or an unchecked body) never completes the body.
+//!   lying or stale list (or an unchecked body) never completes the body. With a list, the
+//!   last piece's check *is* that match (its hash finished from the list's last state), so
+//!   every byte is hashed once. A last piece that fails is first a bad piece (its peer marked,
+//!   fetched again from another). Failing again, or with no one left to send it, either the
+//!   senders of the last piece were all bad or the list's states do not lead to the digest.
+//!   Another holder publishing the same state before the last piece settles it for the
+//!   former ([`outlet::corroborated`]: the prefix is right, the body ends after it);
+//!   otherwise the list lied, its holder is marked, and the prefix it vouched for is suspect,
+//!   so the tail is withheld and the ingest aborted.
 //! * **Ingest repair.** If bytes were sent that no list vouched for (no list, or it was dropped)
 //!   and the blob then fails (final mismatch, no provider left, client gone), the local ingest
 //!   of the digest is aborted through [`IngestControl`] before the body ends, so containerd's
@@ -36,6 +47,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use http::Method;
 use shoal_oci::{Digest, Hasher};
+
+use crate::pieces::Expect;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::client::Opened;
@@ -47,7 +60,7 @@ use crate::state::Shared;
 
 pub(crate) mod outlet;
 
-use outlet::{ClientGone, List, Outlet, Piece};
+use outlet::{Check, ClientGone, List, Outlet, Piece};
 
 /// The ingest control to stream a peer blob with: only when the local containerd ingest can be
 /// aborted and the request is for the `whole` blob. Without it, the blob is spooled and verified
@@ -63,6 +76,9 @@ enum Stop {
     NoPeer(String),
     /// The client went away.
     ClientGone,
+    /// The last piece failed the list again, or could not be fetched again after failing: the
+    /// list does not lead to the digest (`got`, when the last try computed one).
+    TailFailed(Option<Digest>),
 }
 
 impl From<ClientGone> for Stop {
@@ -78,11 +94,14 @@ struct Streamer {
     size: u64,
     piece_size: u64,
     list: List,
+    /// Pieces of the blob.
+    count: u64,
     /// Failures of each piece against the list, for the piece being gathered.
     misses: usize,
     current: Option<Opened>,
     /// Bytes of the current response not yet used (past the end of the previous piece).
     carry: Bytes,
+    /// The running whole-blob hash, when there is no list (a list's pieces need none).
     whole: Option<Hasher>,
     contributors: Vec<String>,
     /// The node that was passing the blob on while downloading it, once it stopped: asked of
@@ -104,7 +123,7 @@ pub(crate) async fn start(
     let size = first.size;
     // Bytes still arriving on their holder have no list, and they are not worth waiting for one.
     let in_flight = first.in_flight;
-    let list = if in_flight {
+    let mut list = if in_flight {
         List::None
     } else {
         outlet::fetch_list(fetch.shared.clone(), &first.provider, &digest, size).await
@@ -113,9 +132,15 @@ pub(crate) async fn start(
         List::Checked { list, .. } => list.piece_size,
         List::None => pieces::PIECE_SIZE,
     };
+    let count = PieceList::count(size, piece_size);
+    if count <= 1 {
+        // A one-piece blob is checked whole before any header anyway: the list adds nothing.
+        list = List::None;
+    }
     let mut s = Streamer {
         contributors: vec![first.provider.peer.clone()],
-        whole: Some(digest.algorithm().hasher()),
+        whole: (!list.is_checked()).then(|| digest.algorithm().hasher()),
+        count,
         fetch,
         shared: shared.clone(),
         digest: digest.clone(),
@@ -127,11 +152,14 @@ pub(crate) async fn start(
         carry: Bytes::new(),
         stopped_fetcher: None,
     };
-    let count = PieceList::count(size, piece_size);
     let first_piece = loop {
         let p = match s.piece(0).await {
             Ok(p) => p,
             Err(Stop::NoPeer(why)) => return Err(s.gave_up(why)),
+            // Not before the first piece: a one-piece blob streams without a list.
+            Err(Stop::TailFailed(_)) => {
+                return Err(s.gave_up("the piece list does not lead to the digest".into()));
+            }
             Err(Stop::ClientGone) => return Err(GaveUp("client went away".into())),
         };
         // A one-piece blob is also its own tail: it is checked whole before any header goes
@@ -141,6 +169,7 @@ pub(crate) async fn start(
         }
         s.one_piece_mismatch().await.map_err(|stop| match stop {
             Stop::NoPeer(why) => s.gave_up(why),
+            Stop::TailFailed(_) => s.gave_up("the blob does not match its digest".into()),
             Stop::ClientGone => GaveUp("client went away".into()),
         })?;
     };
@@ -148,7 +177,7 @@ pub(crate) async fn start(
     out.repair_on_stop = !in_flight;
     crate::trace::spawn(async move {
         let _slot = slot;
-        s.run(first_piece, count, out).await;
+        s.run(first_piece, out).await;
     });
     Ok(outlet::body(None, rx))
 }
@@ -156,18 +185,22 @@ pub(crate) async fn start(
 impl Streamer {
     /// Send piece 0 (already in hand) and every later piece, holding the last until the whole
     /// digest matched.
-    async fn run(&mut self, first: Piece, count: u64, mut out: Outlet) {
+    async fn run(&mut self, first: Piece, mut out: Outlet) {
+        let count = self.count;
         let mut next = Some(first);
         for i in 0..count {
             let piece = match next.take() {
                 Some(p) => p,
                 None => match self.piece(i).await {
                     Ok(p) => p,
+                    Err(Stop::TailFailed(got)) => return self.tail_failed(got, &mut out).await,
                     Err(stop) => return self.stop(stop, &mut out).await,
                 },
             };
             if i + 1 == count {
-                if count > 1 {
+                // With a list the last piece's check was the digest match; without one, the
+                // running hash is finished here (a one-piece blob was checked in `start`).
+                if count > 1 && !self.list.is_checked() {
                     let got = self.whole.take().map(Hasher::finish);
                     if got.as_ref() != Some(&self.digest) {
                         return self.mismatch(got, &mut out).await;
@@ -224,8 +257,22 @@ impl Streamer {
         let why = match stop {
             Stop::NoPeer(why) => why,
             Stop::ClientGone => "the client went away".into(),
+            Stop::TailFailed(_) => "the last piece failed".into(),
         };
         out.stop(why).await;
+    }
+
+    /// The last piece failed against the list and could not be resolved: unless another holder
+    /// corroborates the list (then only the senders of the last piece were bad and the body
+    /// ends after the checked bytes), the list lied.
+    async fn tail_failed(&mut self, got: Option<Digest>, out: &mut Outlet) {
+        if let List::Checked { list, holder } = &self.list {
+            if outlet::corroborated(&self.shared, &self.digest, list, holder).await {
+                let why = "no holder could send a last piece that matches".to_owned();
+                return self.stop(Stop::NoPeer(why), out).await;
+            }
+        }
+        self.mismatch(got, out).await
     }
 
     /// The whole digest did not match: the tail is never sent, the ingest is aborted.
@@ -250,22 +297,47 @@ impl Streamer {
         GaveUp(why)
     }
 
-    /// Piece `i`, checked against the list when there is one, and added to the whole hash.
+    /// Piece `i`, checked against the list when there is one, else added to the whole hash.
     async fn piece(&mut self, i: u64) -> Result<Piece, Stop> {
         let start = i * self.piece_size;
         let len = (self.size - start).min(self.piece_size) as usize;
+        let last = i + 1 == self.count;
         self.misses = 0;
+        // The last piece's failure, once it happened (see the module doc: the tail hold).
+        let mut tail_failed = None;
         loop {
-            let bytes = self.gather(start, len).await?;
-            let expected = self.list.expected(i);
-            let (ok, whole, bytes) = outlet::check(bytes, expected, self.whole.take())
-                .await
-                .map_err(Stop::NoPeer)?;
-            self.whole = whole;
-            if ok {
-                return Ok(bytes);
+            let bytes = match self.gather(start, len).await {
+                Ok(b) => b,
+                Err(Stop::NoPeer(_)) if tail_failed.is_some() => {
+                    return Err(Stop::TailFailed(tail_failed.flatten()));
+                }
+                Err(e) => return Err(e),
+            };
+            let how = match self.list.expect(i, &self.digest) {
+                Some(expect) => Check::Listed(expect),
+                None => Check::Whole(self.whole.take()),
+            };
+            let checked = outlet::check(bytes, how).await.map_err(Stop::NoPeer)?;
+            if checked.whole.is_some() {
+                self.whole = checked.whole;
             }
-            self.bad_piece(i, start).await?;
+            let got = match checked.verdict {
+                Ok(()) => return Ok(checked.piece),
+                Err(got) => got,
+            };
+            if last && tail_failed.is_some() {
+                // A second peer's last piece fails too: the list is what is wrong.
+                return Err(Stop::TailFailed(got));
+            }
+            if last {
+                tail_failed = Some(got);
+            }
+            match self.bad_piece(i, start).await {
+                Err(Stop::NoPeer(_)) if last => {
+                    return Err(Stop::TailFailed(tail_failed.flatten()));
+                }
+                r => r?,
+            }
         }
     }
 
@@ -292,6 +364,16 @@ impl Streamer {
             drop_list,
         );
         if drop_list {
+            // Every piece before this one chained from the IV to the list's state before it,
+            // so that state is the real one of the bytes sent: the whole hash resumes there.
+            let resumed = self
+                .list
+                .expect(i, &self.digest)
+                .map(|Expect { start, offset, .. }| Hasher::resume_sha256(start, offset));
+            self.whole = match resumed {
+                Some(Ok(h)) => Some(h),
+                _ => Some(self.digest.algorithm().hasher()),
+            };
             self.list = List::None;
         }
         self.reopen(start).await

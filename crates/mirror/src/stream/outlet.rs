@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::events::FetchEventKind;
 use crate::metrics::Source;
-use crate::pieces::{self, PieceList};
+use crate::pieces::{Expect, PieceList};
 use crate::source::{IngestControl, Provider};
 use crate::state::Shared;
 
@@ -51,10 +51,10 @@ pub(crate) enum List {
 }
 
 impl List {
-    /// The expected hash of piece `i`, when a list vouches for it.
-    pub(crate) fn expected(&self, i: u64) -> Option<[u8; 32]> {
+    /// What piece `i` of blob `digest` must hash to, when a list vouches for it.
+    pub(crate) fn expect(&self, i: u64, digest: &Digest) -> Option<Expect> {
         match self {
-            List::Checked { list, .. } => list.hashes.get(i as usize).copied(),
+            List::Checked { list, .. } => Some(list.expect(i, digest)),
             List::None => None,
         }
     }
@@ -64,24 +64,42 @@ impl List {
     }
 }
 
-/// Check `piece` against `expected` (when there is a list) and, if it passed, fold it into the
-/// whole-blob hash; off the async runtime. Returns whether it passed, with the piece and hash.
-pub(crate) async fn check(
-    piece: Piece,
-    expected: Option<[u8; 32]>,
-    whole: Option<Hasher>,
-) -> Result<(bool, Option<Hasher>, Piece), String> {
-    tokio::task::spawn_blocking(move || {
-        let ok = expected.is_none_or(|h| pieces::hash_chunks(&piece.chunks) == h);
-        let mut whole = whole;
-        if ok {
+/// How a piece is checked: on its own against the list (from the state before it to the state
+/// after it, or to the digest for the last piece), or, without a list, only fed to the running
+/// whole-blob hash (whose finish the caller compares at the end). Either way once per byte.
+pub(crate) enum Check {
+    Listed(Expect),
+    Whole(Option<Hasher>),
+}
+
+/// A checked piece: `verdict` is `Err` when it failed its list entry (with the digest obtained
+/// if it was the last piece); `whole` is the running hash of [`Check::Whole`].
+pub(crate) struct Checked {
+    pub(crate) piece: Piece,
+    pub(crate) verdict: Result<(), Option<Digest>>,
+    pub(crate) whole: Option<Hasher>,
+}
+
+/// Check `piece` as `how` says, off the async runtime.
+pub(crate) async fn check(piece: Piece, how: Check) -> Result<Checked, String> {
+    tokio::task::spawn_blocking(move || match how {
+        Check::Listed(expect) => Checked {
+            verdict: expect.check(&piece.chunks),
+            piece,
+            whole: None,
+        },
+        Check::Whole(mut whole) => {
             if let Some(w) = whole.as_mut() {
                 for c in &piece.chunks {
                     w.update(c);
                 }
             }
+            Checked {
+                piece,
+                verdict: Ok(()),
+                whole,
+            }
         }
-        (ok, whole, piece)
     })
     .await
     .map_err(|e| format!("hashing task failed: {e}"))
@@ -301,5 +319,55 @@ pub(crate) async fn fetch_list(
             tracing::debug!(digest = %digest, "no piece list within the wait");
             List::None
         }
+    }
+}
+
+/// After the last piece of blob `digest` failed against `list` (from `holder`) and could not
+/// be resolved (it failed again, or no one else could send it): does another holder publish the
+/// same state before the last piece? Bytes that passed every earlier piece really leave SHA-256
+/// in that state; if two holders agree on it, it is the blob's real state, so the checked
+/// prefix is right and only the last piece's senders were bad (a cut after the checked bytes
+/// is then safe, as for any other piece). Peers marked bad for the blob are asked too: a copy
+/// that went bad after its list was made still has an honest list. Bounded by [`LIST_WAIT`].
+pub(crate) async fn corroborated(
+    shared: &Arc<Shared>,
+    digest: &Digest,
+    list: &PieceList,
+    holder: &str,
+) -> bool {
+    let Some(want) = list.states.last().copied() else {
+        return false;
+    };
+    let key = shoal_oci::Key::Digest(digest.clone());
+    let mut others = shared
+        .providers
+        .find(&key)
+        .filter(|p| futures::future::ready(p.peer != holder))
+        .take(LIST_TRIES);
+    let find = async {
+        let mut asks = FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                Some(p) = others.next() => {
+                    let shared = shared.clone();
+                    asks.push(async move { (shared.client.pieces(&p, digest, list.size).await, p.peer) });
+                }
+                Some((got, peer)) = asks.next() => match got {
+                    Ok(l) if l.piece_size == list.piece_size && l.states.last() == Some(&want) => {
+                        return Some(peer);
+                    }
+                    Ok(_) => tracing::warn!(digest = %digest, %peer, "another holder's piece list disagrees"),
+                    Err(e) => tracing::debug!(digest = %digest, %peer, error = %e, "no piece list to corroborate with"),
+                },
+                else => return None,
+            }
+        }
+    };
+    match tokio::time::timeout(LIST_WAIT, find).await {
+        Ok(Some(peer)) => {
+            tracing::info!(digest = %digest, %holder, by = %peer, "the piece list is corroborated: the checked prefix is right");
+            true
+        }
+        _ => false,
     }
 }

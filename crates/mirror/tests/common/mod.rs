@@ -300,7 +300,7 @@ pub struct FakePeer {
     pub rate: Option<u64>,
     /// Body bytes sent over all requests.
     pub sent: AtomicUsize,
-    /// The piece list served at `/shoal/v1/pieces/<digest>` (404 when `None`).
+    /// The piece list served at `/shoal/v2/pieces/<digest>` (404 when `None`).
     pub list: Mutex<Option<Vec<u8>>>,
     /// Piece-list requests received.
     pub list_asks: AtomicUsize,
@@ -308,7 +308,7 @@ pub struct FakePeer {
 
 async fn fake_handler(State(p): State<Arc<FakePeer>>, req: Request) -> Response {
     // Piece-list requests are counted apart from blob requests.
-    if req.uri().path().starts_with("/shoal/v1/pieces/") {
+    if req.uri().path().starts_with("/shoal/v2/pieces/") {
         if !req.uri().path().ends_with(&p.digest.to_string()) {
             return StatusCode::NOT_FOUND.into_response();
         }
@@ -438,14 +438,17 @@ pub async fn paced_peer(blob: &[u8], mode: Mode, rate: Option<u64>) -> (Arc<Fake
 }
 
 /// A piece list in the wire format (piece size, blob size, big-endian u64s, then the SHA-256
-/// of every piece) for `blob`.
+/// chaining state at the end of every piece but the last) for `blob`.
 pub fn piece_list(blob: &[u8], piece: usize) -> Vec<u8> {
-    use sha2::Digest as _;
     let mut out = Vec::new();
     out.extend_from_slice(&(piece as u64).to_be_bytes());
     out.extend_from_slice(&(blob.len() as u64).to_be_bytes());
+    let mut h = shoal_oci::ChainHasher::new();
     for c in blob.chunks(piece) {
-        out.extend_from_slice(&sha2::Sha256::digest(c));
+        h.update(c);
+        if h.len() < blob.len() as u64 {
+            out.extend_from_slice(&h.state().unwrap().to_bytes());
+        }
     }
     out
 }
