@@ -158,7 +158,13 @@ pub(crate) async fn take_over(
     // fastest), and every node streaming from it saw it stop, so they all choose alike.
     peers.retain(|p| p.peer != failed);
     let arb = arbiter(&me.peer, &peers, digest);
-    let fetcher = match claim::ask(shared, &me, arb, digest, Some(failed)).await {
+    // Every node that was streaming from the stopped one asks at the same moment: one retry
+    // keeps a claim that lost a race for a busy arbiter from sending this node upstream alone.
+    let mut asked = claim::ask(shared, &me, arb, digest, Some(failed)).await;
+    if asked.is_err() {
+        asked = claim::ask(shared, &me, arb, digest, Some(failed)).await;
+    }
+    let fetcher = match asked {
         Ok(f) => f,
         Err(reason) => {
             tracing::warn!(digest = %digest, %failed, %reason, "no herd arbiter after the fetcher stopped; resuming upstream");
