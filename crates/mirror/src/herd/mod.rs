@@ -109,8 +109,16 @@ impl Herd {
         let mut asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
         if asked.len() >= MAX_ENTRIES && !asked.contains_key(digest) {
             asked.retain(|_, at| now.duration_since(*at) < ASKED_TTL);
+            // Still full: the oldest goes, so a loopback client asking for thousands of
+            // digests cannot keep a real pull's blob from being passed on.
             if asked.len() >= MAX_ENTRIES {
-                return;
+                let oldest = asked
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(d, _)| d.clone());
+                if let Some(d) = oldest {
+                    asked.remove(&d);
+                }
             }
         }
         asked.insert(digest.clone(), now);
@@ -201,5 +209,10 @@ mod tests {
             h.asked(&Digest::sha256_of(format!("{i}").as_bytes()));
         }
         assert!(h.asked.lock().unwrap().len() <= MAX_ENTRIES);
+        // The newest is always remembered; the oldest made room.
+        let newest = Digest::sha256_of(b"newest");
+        h.asked(&newest);
+        assert!(h.was_asked(&newest));
+        assert!(!h.was_asked(&d));
     }
 }
