@@ -84,7 +84,7 @@ pub(crate) async fn ask(
 ) -> Result<Provider, String> {
     let Some(arbiter) = arbiter else {
         let c = shared.herd.claim(digest, &me.peer, None, failed);
-        return Ok(fetcher(c, None, me));
+        return Ok(source(c, None, me));
     };
     let enc = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
     let mut pq = format!(
@@ -110,12 +110,12 @@ pub(crate) async fn ask(
         peer: peer.to_owned(),
         addr,
     };
-    Ok(fetcher(claim, Some(arbiter), me))
+    Ok(source(claim, Some(arbiter), me))
 }
 
 /// The source a claim names, with the address to reach it (this node's own address is never
 /// needed: a node that is its own source fetches upstream and contacts nobody).
-fn fetcher(c: Claim, arbiter: Option<&Provider>, me: &LocalPeer) -> Provider {
+fn source(c: Claim, arbiter: Option<&Provider>, me: &LocalPeer) -> Provider {
     let addr = c
         .addr
         .or(arbiter.map(|a| a.addr))

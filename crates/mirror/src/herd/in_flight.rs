@@ -1,4 +1,4 @@
-//! Serving a blob to peers while the local containerd is still downloading it (the fetcher's
+//! Serving a blob to peers while the local containerd is still downloading it (a source's
 //! side of the herd): the bytes come from containerd's growing ingest
 //! ([`crate::LocalStore::growing`]) as they are written.
 //!

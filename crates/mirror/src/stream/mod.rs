@@ -106,7 +106,7 @@ struct Streamer {
     contributors: Vec<String>,
     /// The node that was passing the blob on while downloading it, once it stopped: asked of
     /// the herd's arbiter who takes over (see [`crate::herd::take_over`]).
-    stopped_fetcher: Option<String>,
+    stopped_source: Option<String>,
 }
 
 /// Start streaming blob `digest` (of `first.size` bytes, `first` opened at offset 0). Returns
@@ -150,7 +150,7 @@ pub(crate) async fn start(
         misses: 0,
         current: Some(first),
         carry: Bytes::new(),
-        stopped_fetcher: None,
+        stopped_source: None,
     };
     let first_piece = loop {
         let p = match s.piece(0).await {
@@ -413,7 +413,7 @@ impl Streamer {
             if let Some((reason, stalled)) = failed {
                 let peer = cur.provider.peer.clone();
                 if cur.in_flight {
-                    self.stopped_fetcher = Some(peer.clone());
+                    self.stopped_source = Some(peer.clone());
                 }
                 self.current = None;
                 if stalled {
@@ -447,7 +447,7 @@ impl Streamer {
                 Ok(())
             }
             Err(GaveUp(why)) => {
-                let Some(failed) = self.stopped_fetcher.take() else {
+                let Some(failed) = self.stopped_source.take() else {
                     return Err(Stop::NoPeer(why));
                 };
                 let f = &self.fetch;
