@@ -169,17 +169,10 @@ impl ContentSource {
 
     /// Size of `digest` in the content store, or `None` when the store does not hold it.
     pub async fn stat(&self, digest: &Digest) -> Result<Option<u64>, Error> {
-        let req = self.request(InfoRequest {
-            digest: digest.to_string(),
-        });
-        match self.content().info(req).await {
-            Ok(resp) => Ok(resp
-                .into_inner()
-                .info
-                .map(|i| u64::try_from(i.size).unwrap_or(0))),
-            Err(s) if s.code() == Code::NotFound => Ok(None),
-            Err(s) => Err(Error::rpc("Content.Info", s)),
-        }
+        Ok(self
+            .info(digest)
+            .await?
+            .map(|i| u64::try_from(i.size).unwrap_or(0)))
     }
 
     /// The registries `digest` was fetched from, from the labels containerd puts on content it
@@ -187,21 +180,29 @@ impl ContentSource {
     /// commit); empty when the blob is absent or carries none.
     pub async fn distribution_sources(&self, digest: &Digest) -> Result<Vec<String>, Error> {
         const PREFIX: &str = "containerd.io/distribution.source.";
+        Ok(self
+            .info(digest)
+            .await?
+            .map(|i| {
+                i.labels
+                    .keys()
+                    .filter_map(|k| k.strip_prefix(PREFIX).map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// `Content.Info` of `digest` in this namespace; `None` when it is not held.
+    async fn info(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<containerd_client::services::v1::Info>, Error> {
         let req = self.request(InfoRequest {
             digest: digest.to_string(),
         });
         match self.content().info(req).await {
-            Ok(resp) => Ok(resp
-                .into_inner()
-                .info
-                .map(|i| {
-                    i.labels
-                        .keys()
-                        .filter_map(|k| k.strip_prefix(PREFIX).map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default()),
-            Err(s) if s.code() == Code::NotFound => Ok(Vec::new()),
+            Ok(resp) => Ok(resp.into_inner().info),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
             Err(s) => Err(Error::rpc("Content.Info", s)),
         }
     }
