@@ -12,6 +12,7 @@
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
+use shoal_benches::cpu_seconds;
 use shoal_tests::{Daemon, Rig, TestImage};
 
 const RUNS: usize = 2;
@@ -56,8 +57,9 @@ fn cluster(rig: &Rig, extra: &[&str]) -> Vec<Daemon> {
     daemons
 }
 
-/// One rollout on a fresh rig; returns (registry bytes ÷ layer size, every node's seconds).
-fn rollout(nodes: usize, herd: bool, mbit: u32) -> (f64, Vec<f64>) {
+/// One rollout on a fresh rig; returns (registry bytes ÷ layer size, every node's seconds, the
+/// CPU seconds every Shoal spent during it, summed).
+fn rollout(nodes: usize, herd: bool, mbit: u32) -> (f64, Vec<f64>, f64) {
     let rig = Rig::builder().nodes(nodes).start();
     let img = TestImage::big();
     rig.registry().push(&img);
@@ -67,6 +69,8 @@ fn rollout(nodes: usize, herd: bool, mbit: u32) -> (f64, Vec<f64>) {
         rig.registry().limit_rate(mbit);
     }
     let (layer, size) = img.layers().last().expect("a layer").clone();
+    let shoal_cpu = || -> f64 { daemons.iter().map(|d| cpu_seconds(d.process().pid())).sum() };
+    let cpu_before = shoal_cpu();
     let start = Barrier::new(nodes);
     let times: Vec<f64> = std::thread::scope(|s| {
         let hs: Vec<_> = rig
@@ -98,8 +102,9 @@ fn rollout(nodes: usize, herd: bool, mbit: u32) -> (f64, Vec<f64>) {
                 .ok()
         })
         .sum();
+    let cpu = shoal_cpu() - cpu_before;
     drop(daemons);
-    (served as f64 / size as f64, times)
+    (served as f64 / size as f64, times, cpu)
 }
 
 fn main() {
@@ -115,10 +120,10 @@ fn main() {
     let mut raw = Vec::new();
     for run in 0..RUNS {
         for herd in [true, false] {
-            let (ratio, times) = rollout(nodes, herd, mbit);
+            let (ratio, times, cpu) = rollout(nodes, herd, mbit);
             let last = times.iter().cloned().fold(0.0, f64::max);
             raw.push(format!(
-                "run {run} herd {herd}: registry {ratio:.2}x, pulls {times:.1?} s"
+                "run {run} herd {herd}: registry {ratio:.2}x, pulls {times:.1?} s, Shoal CPU {cpu:.2} s (all nodes)"
             ));
             eprintln!("{}", raw.last().expect("just pushed"));
             if herd {
