@@ -5,8 +5,8 @@
 //!
 //! # The election
 //!
-//! On a miss (no provider within the resolve timeout) of a whole-blob `GET` from the local
-//! containerd, the node picks the **arbiter** of the digest: among itself and the peers it holds
+//! On a miss (no provider within the resolve timeout) of a `GET` from the local containerd, the
+//! node picks the **arbiter** of the digest: among itself and the peers it holds
 //! a live connection to, the one with the highest rendezvous score `H(peer id, digest)`. It
 //! asks the arbiter for a **claim** (`GET /shoal/v1/herd/<digest>`, signed like every peer
 //! request, [`claim`]). The arbiter keeps a table per digest for [`table::LEASE`]: the first
@@ -52,8 +52,11 @@
 //! never a wait beyond `herd_wait`. A node with no peers (or no DHT) never waits: its miss is
 //! the same 404 as without the election.
 //!
-//! Only a whole-blob `GET` elects. A `Range` request (containerd resuming) and a `HEAD` miss are
-//! plain 404s: the resumed bytes must come from where containerd goes next.
+//! A whole-blob `GET` and a manifest `GET` by digest elect (a registry's pull limit counts
+//! manifest `GET`s). A `Range` request (containerd resuming) and a `HEAD` miss are plain 404s:
+//! the resumed bytes must come from where containerd goes next. Tags do not elect: a tag's
+//! digest reaches the fetcher's Shoal only when its containerd records the image, at the end of
+//! the pull.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
