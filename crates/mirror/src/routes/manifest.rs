@@ -11,7 +11,7 @@ use super::{Ask, Served, fetch, peer_slot, record_peer, resolve};
 use crate::client::{Opened, PeerPath};
 use crate::error::MirrorError;
 use crate::events::FetchEventKind;
-use crate::fetch::{Fetch, GaveUp, Pool};
+use crate::fetch::{Fetch, GaveUp};
 use crate::herd::{self, Elected};
 use crate::metrics::Source;
 use crate::serve::{self, Meta};
@@ -81,7 +81,7 @@ pub(super) async fn manifest_by_digest(
         reference: ManifestRef::Digest(digest.clone()),
     };
     match resolve(shared, &key, Some(&digest)).await {
-        Some((pool, first)) => {
+        Ok((pool, first)) => {
             peer_manifest(
                 shared,
                 ask,
@@ -93,11 +93,10 @@ pub(super) async fn manifest_by_digest(
         }
         // A `GET` of a manifest that peers miss too takes part in the rollout election, like a
         // blob: a registry's pull limit counts manifest `GET`s (see `herd`).
-        None if ask.head => Err(unknown()),
-        None => match herd::on_miss(shared, &ask.registry, &path, &digest).await {
+        Err(_) if ask.head => Err(unknown()),
+        Err(pool) => match herd::on_miss(shared, &ask.registry, &path, &digest).await {
             Elected::Upstream => Err(unknown()),
             Elected::Stream(opened) => {
-                let pool = Pool::new(shared.providers.find(&key));
                 let f = fetch(shared, ask, path, &key, pool);
                 peer_manifest(shared, ask, f, None, Some(*opened)).await
             }
@@ -129,9 +128,7 @@ pub(super) async fn manifest_by_tag(
     }
     let _slot = peer_slot(shared, unknown("")).await?;
     let key = Key::Tag(tk.clone());
-    let (pool, first) = resolve(shared, &key, None)
-        .await
-        .ok_or_else(|| unknown(""))?;
+    let (pool, first) = resolve(shared, &key, None).await.map_err(|_| unknown(""))?;
     let path = PeerPath::Manifest {
         repository,
         reference: ManifestRef::Tag(tag),

@@ -312,22 +312,23 @@ async fn peer_slot(
     }
 }
 
-/// Wait (at most `resolve_timeout`) for the first provider of `key`.
+/// Wait (at most `resolve_timeout`) for the first provider of `key`. On a miss the pool is
+/// returned too: its lookup goes on, for a transfer the rollout election starts (see `herd`).
 async fn resolve(
     shared: &Arc<Shared>,
     key: &Key,
     digest: Option<&Digest>,
-) -> Option<(Pool, Provider)> {
+) -> Result<(Pool, Provider), Pool> {
     let started = Instant::now();
     let mut pool = Pool::new(shared.providers.find(key));
     let first = pool.next(shared, digest, shared.cfg.resolve_timeout).await;
     shared.metrics.observe_resolve(started.elapsed());
     match first {
-        Some(p) => Some((pool, p)),
+        Some(p) => Ok((pool, p)),
         None => {
             tracing::debug!(key = %key, "no provider within the resolve timeout");
             shared.event(&key.to_string(), None, FetchEventKind::Miss);
-            None
+            Err(pool)
         }
     }
 }
@@ -368,7 +369,7 @@ async fn blob(shared: &Arc<Shared>, ask: &Ask, repository: Repository, digest: D
     };
     let gave_up = |GaveUp(why)| MirrorError::BlobUnknown(format!("{digest} (peers failed: {why})"));
     let (mut f, opened) = match resolve(shared, &key, Some(&digest)).await {
-        Some((pool, first)) => {
+        Ok((pool, first)) => {
             let mut f = fetch(shared, ask, path, &key, pool);
             let method = if ask.head { Method::HEAD } else { Method::GET };
             let opened = f
@@ -378,13 +379,10 @@ async fn blob(shared: &Arc<Shared>, ask: &Ask, repository: Repository, digest: D
             (f, opened)
         }
         // Only a whole-blob GET takes part in the cold-rollout election (see `herd`).
-        None if ask.head || ask.range.is_some() => return Err(unknown()),
-        None => match herd::on_miss(shared, &ask.registry, &path, &digest).await {
+        Err(_) if ask.head || ask.range.is_some() => return Err(unknown()),
+        Err(pool) => match herd::on_miss(shared, &ask.registry, &path, &digest).await {
             Elected::Upstream => return Err(unknown()),
-            Elected::Stream(opened) => {
-                let pool = Pool::new(shared.providers.find(&key));
-                (fetch(shared, ask, path, &key, pool), *opened)
-            }
+            Elected::Stream(opened) => (fetch(shared, ask, path, &key, pool), *opened),
         },
     };
     record_peer(&opened.provider.peer);
