@@ -7,7 +7,8 @@
 //! streaming from one node has the least to gain). Runs alternate between the election on (the default) and off
 //! (`--herd-wait 0`: today's behaviour, every node fetches upstream), each on a fresh rig.
 //! Reported: the layer's bytes the registry served (÷ its size) and the rollout's time (the
-//! last node's pull), medians over the runs.
+//! last node's pull), medians over the runs, and the CPU the Shoals spent during each rollout
+//! (`SHOAL_BENCH_CPU_EACH=1` also prints each node's).
 
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
@@ -103,6 +104,13 @@ fn rollout(nodes: usize, herd: bool, mbit: u32) -> (f64, Vec<f64>, f64) {
         })
         .sum();
     let cpu = shoal_cpu() - cpu_before;
+    if std::env::var_os("SHOAL_BENCH_CPU_EACH").is_some() {
+        let each: Vec<f64> = daemons
+            .iter()
+            .map(|d| cpu_seconds(d.process().pid()))
+            .collect();
+        eprintln!("  Shoal CPU per node since start: {each:.2?}");
+    }
     drop(daemons);
     (served as f64 / size as f64, times, cpu)
 }
