@@ -24,6 +24,8 @@ pub(crate) const FANOUT: usize = 4;
 const MAX_DIGESTS: usize = 4096;
 /// Most sources kept per digest (the cluster's nodes missing it; more are told to fetch).
 const MAX_SOURCES: usize = 1024;
+/// Most sources kept over all digests (a few MB at most, whatever peers claim).
+const MAX_TOTAL_SOURCES: usize = 65_536;
 
 /// Whom a claimant reads from: itself (it fetches upstream) or another node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +86,7 @@ impl Table {
             }
             return me;
         }
+        let total: usize = self.entries.values().map(|e| e.sources.len()).sum();
         let Some(entry) = self.entries.get_mut(digest) else {
             return me;
         };
@@ -106,6 +109,7 @@ impl Table {
             Some(0) => return me,
             Some(i) => i,
             None if sources.len() >= MAX_SOURCES => return me,
+            None if total >= MAX_TOTAL_SOURCES => return me,
             None => {
                 sources.push(Source {
                     claim: me.clone(),
@@ -171,6 +175,25 @@ mod tests {
         let c = t.claim(&d, "n4", addr(4), Some("n0"));
         assert_eq!(c.peer, "n3");
         assert_eq!(t.claim(&d, "n9", addr(9), None).peer, "n3");
+    }
+
+    #[test]
+    fn the_sources_of_all_digests_are_bounded_together() {
+        let mut t = Table::default();
+        let per = MAX_SOURCES;
+        for k in 0..(MAX_TOTAL_SOURCES / per) {
+            let d = Digest::sha256_of(format!("{k}").as_bytes());
+            for i in 0..per {
+                t.claim(&d, &format!("n{i}"), None, None);
+            }
+        }
+        let total: usize = t.entries.values().map(|e| e.sources.len()).sum();
+        assert_eq!(total, MAX_TOTAL_SOURCES);
+        // A new node missing a known digest is told to fetch, and is not recorded.
+        let d = Digest::sha256_of(b"0");
+        assert_eq!(t.claim(&d, "late", None, None).peer, "late");
+        let total: usize = t.entries.values().map(|e| e.sources.len()).sum();
+        assert_eq!(total, MAX_TOTAL_SOURCES);
     }
 
     #[test]
