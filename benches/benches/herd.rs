@@ -14,48 +14,13 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use shoal_benches::cpu_seconds;
-use shoal_tests::{Daemon, Rig, TestImage};
+use shoal_tests::{Rig, TestImage, shoal_cluster_with, wait_meshed};
 
 const RUNS: usize = 2;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
-}
-
-fn cluster(rig: &Rig, extra: &[&str]) -> Vec<Daemon> {
-    let mut daemons: Vec<Daemon> = Vec::new();
-    for node in rig.nodes() {
-        node.configure_shoal();
-        let b = node.shoal().args(extra);
-        let d = match daemons.first() {
-            Some(first) => b.bootstrap(first).start(),
-            None => b.start(),
-        };
-        daemons.push(d);
-    }
-    for d in &daemons {
-        d.wait_ready(Duration::from_secs(30));
-    }
-    // The election picks its arbiter among connected peers: wait for the full mesh.
-    let n = daemons.len();
-    for d in &daemons {
-        let meshed = (0..150).any(|_| {
-            let out = d.cli(&["peers", "--json"]);
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            let k = v["peers"].as_array().map_or(0, |p| {
-                p.iter()
-                    .filter(|p| p["mirror"].as_str().is_some_and(|m| !m.is_empty()))
-                    .count()
-            });
-            k + 1 >= n || {
-                std::thread::sleep(Duration::from_millis(200));
-                false
-            }
-        });
-        assert!(meshed, "not meshed\n{}", d.log_tail());
-    }
-    daemons
 }
 
 /// One rollout on a fresh rig; returns (registry bytes ÷ layer size, every node's seconds, the
@@ -65,7 +30,9 @@ fn rollout(nodes: usize, herd: bool, mbit: u32) -> (f64, Vec<f64>, f64) {
     let img = TestImage::big();
     rig.registry().push(&img);
     let extra: &[&str] = if herd { &[] } else { &["--herd-wait", "0"] };
-    let daemons = cluster(&rig, extra);
+    let daemons = shoal_cluster_with(&rig, extra);
+    // The election picks its arbiter among connected peers: wait for the full mesh.
+    wait_meshed(&daemons, Duration::from_secs(30));
     if mbit > 0 {
         rig.registry().limit_rate(mbit);
     }

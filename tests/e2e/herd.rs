@@ -8,9 +8,8 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use shoal_oci::Digest;
-use shoal_tests::{Daemon, Rig, TestImage, shoal_cluster};
+use shoal_tests::{Daemon, Rig, TestImage, shoal_cluster, wait_meshed};
 
-use crate::multi::json;
 use crate::stream::{active_ingests, assert_committed_right};
 
 const NODES: usize = 5;
@@ -22,25 +21,7 @@ fn rollout_cluster() -> (Rig, TestImage, Vec<Daemon>) {
     let img = TestImage::big();
     rig.registry().push(&img);
     let daemons = shoal_cluster(&rig);
-    for d in &daemons {
-        let meshed = (0..100).any(|_| {
-            let peers = json(d, &["peers"]);
-            let n = peers["peers"].as_array().map_or(0, |p| {
-                p.iter()
-                    .filter(|p| p["mirror"].as_str().is_some_and(|m| !m.is_empty()))
-                    .count()
-            });
-            n >= NODES - 1 || {
-                std::thread::sleep(Duration::from_millis(200));
-                false
-            }
-        });
-        assert!(
-            meshed,
-            "daemon not connected to every other node\n{}",
-            d.log_tail()
-        );
-    }
+    wait_meshed(&daemons, Duration::from_secs(20));
     (rig, img, daemons)
 }
 

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use shoal_oci::Digest;
-use shoal_tests::{Daemon, Node, Rig, TestImage};
+use shoal_tests::{Daemon, Node, Rig, TestImage, shoal_cluster_with};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -14,20 +14,7 @@ const MIB: u64 = 1024 * 1024;
 /// downloads (which verify whole before sending) raised above the test layer's size, so its
 /// transfer streams from one peer at a time.
 fn streaming_cluster(rig: &Rig) -> Vec<Daemon> {
-    let mut daemons: Vec<Daemon> = Vec::new();
-    for node in rig.nodes() {
-        node.configure_shoal();
-        let builder = node.shoal().args(&["--multi-peer-threshold", "4294967296"]);
-        let daemon = match daemons.first() {
-            Some(first) => builder.bootstrap(first).start(),
-            None => builder.start(),
-        };
-        daemons.push(daemon);
-    }
-    for d in &daemons {
-        d.wait_ready(Duration::from_secs(20));
-    }
-    daemons
+    shoal_cluster_with(rig, &["--multi-peer-threshold", "4294967296"])
 }
 
 fn big_layer(img: &TestImage) -> (Digest, u64) {

@@ -43,6 +43,7 @@ pub use registry::Registry;
 pub use rig::{Rig, RigBuilder, write_psk};
 pub use shoal::{
     Daemon, DaemonBuilder, METRICS_PORT, MIRROR_PORT, P2P_PORT, metric_sum, shoal_cluster,
+    shoal_cluster_with, wait_meshed,
 };
 pub use slow_proxy::SlowProxy;
 pub use token::{BearerConfig, BearerRegistry, HangingListener, TOKEN_SERVICE, TokenCounts};

@@ -322,10 +322,15 @@ impl Daemon {
 /// The usual cluster: every node of `rig` configured for its local Shoal, a daemon on each
 /// (the first is everyone's bootstrap), all ready. Daemons are in node order.
 pub fn shoal_cluster(rig: &crate::Rig) -> Vec<Daemon> {
+    shoal_cluster_with(rig, &[])
+}
+
+/// [`shoal_cluster`] with `extra` daemon arguments on every node.
+pub fn shoal_cluster_with(rig: &crate::Rig, extra: &[&str]) -> Vec<Daemon> {
     let mut daemons: Vec<Daemon> = Vec::new();
     for node in rig.nodes() {
         node.configure_shoal();
-        let builder = node.shoal();
+        let builder = node.shoal().args(extra);
         let daemon = match daemons.first() {
             Some(first) => builder.bootstrap(first).start(),
             None => builder.start(),
@@ -336,6 +341,30 @@ pub fn shoal_cluster(rig: &crate::Rig) -> Vec<Daemon> {
         d.wait_ready(Duration::from_secs(20));
     }
     daemons
+}
+
+/// Waits until every daemon holds a connection to every other one and knows its mirror port
+/// (what the rollout election's arbiter choice assumes, see `shoal_mirror`'s `herd`).
+pub fn wait_meshed(daemons: &[Daemon], timeout: Duration) {
+    let others = daemons.len().saturating_sub(1);
+    for d in daemons {
+        let meshed = cmd::wait_until(timeout, Duration::from_millis(200), || {
+            let out = d.cli(&["peers", "--json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let known = v["peers"].as_array().map_or(0, |p| {
+                p.iter()
+                    .filter(|p| p["mirror"].as_str().is_some_and(|m| !m.is_empty()))
+                    .count()
+            });
+            known >= others
+        });
+        assert!(
+            meshed,
+            "daemon at {} not connected to every other node\n{}",
+            d.ip,
+            d.log_tail()
+        );
+    }
 }
 
 /// Sum of the samples of `name` whose label set contains every entry of `labels`.
