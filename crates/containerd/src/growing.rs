@@ -47,8 +47,6 @@ const MAX_SMALL_FILE: u64 = 1024;
 pub struct Growing {
     /// The size containerd expects (its `total` file).
     pub total: u64,
-    /// Bytes written when it was opened.
-    pub written: u64,
     /// The bytes from the requested offset to `total`, yielded as they are written.
     pub stream: ByteStream,
 }
@@ -57,7 +55,6 @@ impl std::fmt::Debug for Growing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Growing")
             .field("total", &self.total)
-            .field("written", &self.written)
             .finish_non_exhaustive()
     }
 }
@@ -127,7 +124,6 @@ impl ContentSource {
         };
         Ok(Some(Growing {
             total,
-            written,
             stream: Box::pin(futures::stream::unfold(follow, next_chunk)),
         }))
     }

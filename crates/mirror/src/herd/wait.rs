@@ -11,7 +11,7 @@ use shoal_oci::Digest;
 use super::{arbiter, claim};
 use crate::client::{OpenError, Opened, PeerPath};
 use crate::events::FetchEventKind;
-use crate::source::Provider;
+use crate::source::{LocalPeer, Provider};
 use crate::state::Shared;
 
 /// How often a waiter asks its source again.
@@ -37,12 +37,9 @@ pub(crate) async fn on_miss(
     if wait.is_zero() {
         return Elected::Upstream;
     }
-    let Some(me) = shared.providers.local() else {
+    let Some((me, peers)) = members(shared, None).await else {
         return Elected::Upstream;
     };
-    let peers = tokio::time::timeout(super::CLAIM_TIMEOUT, shared.providers.connected())
-        .await
-        .unwrap_or_default();
     if peers.is_empty() {
         return Elected::Upstream;
     }
@@ -108,6 +105,19 @@ pub(crate) async fn on_miss(
     Elected::Upstream
 }
 
+/// This node and the peers it holds a live connection to (less `without`), among which the
+/// arbiter is chosen; `None` without a DHT.
+async fn members(shared: &Shared, without: Option<&str>) -> Option<(LocalPeer, Vec<Provider>)> {
+    let me = shared.providers.local()?;
+    let mut peers = tokio::time::timeout(super::CLAIM_TIMEOUT, shared.providers.connected())
+        .await
+        .unwrap_or_default();
+    if let Some(w) = without {
+        peers.retain(|p| p.peer != w);
+    }
+    Some((me, peers))
+}
+
 /// Ask `source` for the blob from `offset` (of `size`, once known) until it answers or
 /// `deadline`; a node that refuses connections is not waited for.
 async fn first_bytes(
@@ -149,14 +159,10 @@ pub(crate) async fn take_over(
     failed: &str,
     (offset, size): (u64, u64),
 ) -> Option<Opened> {
-    let me = shared.providers.local()?;
-    let mut peers = tokio::time::timeout(super::CLAIM_TIMEOUT, shared.providers.connected())
-        .await
-        .unwrap_or_default();
-    // The stopped fetcher is left out of the arbiter's choice even while this node's DHT has
+    // The stopped source is left out of the arbiter's choice even while this node's DHT has
     // not noticed yet that it is gone: it was often its own arbiter (a local claim is the
     // fastest), and every node streaming from it saw it stop, so they all choose alike.
-    peers.retain(|p| p.peer != failed);
+    let (me, peers) = members(shared, Some(failed)).await?;
     let arb = arbiter(&me.peer, &peers, digest);
     // Every node that was streaming from the stopped one asks at the same moment: one retry
     // keeps a claim that lost a race for a busy arbiter from sending this node upstream alone.
