@@ -38,6 +38,21 @@ async fn holder(
     (p, addr)
 }
 
+/// A streaming client whose providers of `d` are `holders` (address, peer name), with the
+/// ingest control it aborts through.
+fn streaming_client(
+    d: &Digest,
+    holders: &[(std::net::SocketAddr, &str)],
+) -> (Client, Arc<FakeIngest>) {
+    let prov = Arc::new(FakeProviders::default());
+    for (addr, name) in holders {
+        prov.add(Key::Digest(d.clone()), *addr, name);
+    }
+    let ingest = FakeIngest::new();
+    let c = Client::streaming(cfg(), &prov, ingest.clone());
+    (c, ingest)
+}
+
 fn ranges(p: &FakePeer) -> Vec<Option<String>> {
     p.ranges.lock().unwrap().clone()
 }
@@ -50,11 +65,7 @@ async fn corrupt_piece_is_replaced(at: usize) {
     let list = piece_list(&blob, PIECE);
     let (bad, a_bad) = holder(&blob, Mode::CorruptAt(at), Some(list.clone())).await;
     let (good, a_good) = holder(&blob, Mode::Good, Some(list)).await;
-    let prov = Arc::new(FakeProviders::default());
-    prov.add(Key::Digest(d.clone()), a_bad, "bad");
-    prov.add(Key::Digest(d.clone()), a_good, "good");
-    let ingest = FakeIngest::new();
-    let c = Client::streaming(cfg(), &prov, ingest.clone());
+    let (c, ingest) = streaming_client(&d, &[(a_bad, "bad"), (a_good, "good")]);
     let got = fetch(&c, &d).await;
     assert_eq!(got.status, StatusCode::OK);
     assert!(!got.failed, "body failed");
@@ -96,10 +107,7 @@ async fn a_good_holder_streams_with_its_list() {
     let blob = data(SIZE, 2);
     let d = Digest::sha256_of(&blob);
     let (p, addr) = holder(&blob, Mode::Good, Some(piece_list(&blob, PIECE))).await;
-    let prov = Arc::new(FakeProviders::default());
-    prov.add(Key::Digest(d.clone()), addr, "a");
-    let ingest = FakeIngest::new();
-    let c = Client::streaming(cfg(), &prov, ingest.clone());
+    let (c, ingest) = streaming_client(&d, &[(addr, "a")]);
     let got = fetch(&c, &d).await;
     assert_eq!((got.status, got.failed), (StatusCode::OK, false));
     assert_eq!(got.bytes, blob);
@@ -127,10 +135,7 @@ async fn a_lying_list_never_completes_the_body_and_the_ingest_is_aborted() {
         Some(piece_list(&wrong, PIECE)),
     )
     .await;
-    let prov = Arc::new(FakeProviders::default());
-    prov.add(Key::Digest(d.clone()), addr, "liar");
-    let ingest = FakeIngest::new();
-    let c = Client::streaming(cfg(), &prov, ingest.clone());
+    let (c, ingest) = streaming_client(&d, &[(addr, "liar")]);
     let got = fetch(&c, &d).await;
     assert_eq!(got.status, StatusCode::OK);
     assert!(got.failed, "the body must fail, not end cleanly");
@@ -162,11 +167,7 @@ async fn a_lying_list_is_caught_when_an_honest_holder_sends_the_last_piece_again
     )
     .await;
     let (honest, a_honest) = holder(&blob, Mode::Good, None).await;
-    let prov = Arc::new(FakeProviders::default());
-    prov.add(Key::Digest(d.clone()), a_liar, "liar");
-    prov.add(Key::Digest(d.clone()), a_honest, "honest");
-    let ingest = FakeIngest::new();
-    let c = Client::streaming(cfg(), &prov, ingest.clone());
+    let (c, ingest) = streaming_client(&d, &[(a_liar, "liar"), (a_honest, "honest")]);
     let got = fetch(&c, &d).await;
     assert_eq!(got.status, StatusCode::OK);
     assert!(got.failed, "the body must fail, not end cleanly");
@@ -193,10 +194,7 @@ async fn the_only_holder_corrupt_in_its_last_piece_cannot_be_told_from_a_lying_l
         Some(piece_list(&blob, PIECE)),
     )
     .await;
-    let prov = Arc::new(FakeProviders::default());
-    prov.add(Key::Digest(d.clone()), addr, "bad");
-    let ingest = FakeIngest::new();
-    let c = Client::streaming(cfg(), &prov, ingest.clone());
+    let (c, ingest) = streaming_client(&d, &[(addr, "bad")]);
     let got = fetch(&c, &d).await;
     assert_eq!(got.status, StatusCode::OK);
     assert!(got.failed);
@@ -215,11 +213,7 @@ async fn a_last_piece_bad_everywhere_under_a_corroborated_list_ends_after_the_ch
     let list = piece_list(&blob, PIECE);
     let (_a, a_first) = holder(&blob, Mode::CorruptAt(10), Some(list.clone())).await;
     let (_b, a_last) = holder(&blob, Mode::CorruptAt(SIZE - 2), Some(list)).await;
-    let prov = Arc::new(FakeProviders::default());
-    prov.add(Key::Digest(d.clone()), a_first, "bad-first");
-    prov.add(Key::Digest(d.clone()), a_last, "bad-last");
-    let ingest = FakeIngest::new();
-    let c = Client::streaming(cfg(), &prov, ingest.clone());
+    let (c, ingest) = streaming_client(&d, &[(a_first, "bad-first"), (a_last, "bad-last")]);
     let got = fetch(&c, &d).await;
     assert_eq!(got.status, StatusCode::OK);
     assert!(got.failed);
@@ -235,10 +229,7 @@ async fn without_a_list_a_corrupt_blob_is_cut_before_its_tail_and_the_ingest_abo
     let blob = data(size, 4);
     let d = Digest::sha256_of(&blob);
     let (p, addr) = holder(&blob, Mode::CorruptAt(PIECE / 2), None).await;
-    let prov = Arc::new(FakeProviders::default());
-    prov.add(Key::Digest(d.clone()), addr, "old");
-    let ingest = FakeIngest::new();
-    let c = Client::streaming(cfg(), &prov, ingest.clone());
+    let (c, ingest) = streaming_client(&d, &[(addr, "old")]);
     let got = fetch(&c, &d).await;
     assert!(p.list_asks.load(Ordering::SeqCst) >= 1);
     assert_eq!(got.status, StatusCode::OK);
@@ -255,11 +246,7 @@ async fn a_one_piece_blob_is_checked_whole_before_any_header() {
     let d = Digest::sha256_of(&blob);
     let (_b, a_bad) = holder(&blob, Mode::CorruptAt(5), None).await;
     let (_g, a_good) = holder(&blob, Mode::Good, None).await;
-    let prov = Arc::new(FakeProviders::default());
-    prov.add(Key::Digest(d.clone()), a_bad, "bad");
-    prov.add(Key::Digest(d.clone()), a_good, "good");
-    let ingest = FakeIngest::new();
-    let c = Client::streaming(cfg(), &prov, ingest.clone());
+    let (c, ingest) = streaming_client(&d, &[(a_bad, "bad"), (a_good, "good")]);
     let got = fetch(&c, &d).await;
     assert_eq!((got.status, got.failed), (StatusCode::OK, false));
     assert_eq!(got.bytes, blob);
@@ -271,10 +258,7 @@ async fn the_only_holder_corrupt_in_its_first_piece_gets_a_404_and_nothing_is_se
     let blob = data(SIZE, 5);
     let d = Digest::sha256_of(&blob);
     let (_p, addr) = holder(&blob, Mode::CorruptAt(1), Some(piece_list(&blob, PIECE))).await;
-    let prov = Arc::new(FakeProviders::default());
-    prov.add(Key::Digest(d.clone()), addr, "bad");
-    let ingest = FakeIngest::new();
-    let c = Client::streaming(cfg(), &prov, ingest.clone());
+    let (c, ingest) = streaming_client(&d, &[(addr, "bad")]);
     let got = fetch(&c, &d).await;
     assert_eq!(
         got.status,
@@ -296,10 +280,7 @@ async fn the_only_holder_corrupt_mid_blob_ends_after_the_verified_prefix() {
         Some(piece_list(&blob, PIECE)),
     )
     .await;
-    let prov = Arc::new(FakeProviders::default());
-    prov.add(Key::Digest(d.clone()), addr, "bad");
-    let ingest = FakeIngest::new();
-    let c = Client::streaming(cfg(), &prov, ingest.clone());
+    let (c, ingest) = streaming_client(&d, &[(addr, "bad")]);
     let got = fetch(&c, &d).await;
     assert_eq!(got.status, StatusCode::OK);
     assert!(got.failed);
@@ -314,11 +295,7 @@ async fn a_stalled_holder_is_counted_marked_and_replaced() {
     let list = piece_list(&blob, PIECE);
     let (_s, a_stall) = holder(&blob, Mode::StallAfter(2 * PIECE), Some(list.clone())).await;
     let (good, a_good) = holder(&blob, Mode::Good, Some(list)).await;
-    let prov = Arc::new(FakeProviders::default());
-    prov.add(Key::Digest(d.clone()), a_stall, "stall");
-    prov.add(Key::Digest(d.clone()), a_good, "good");
-    let ingest = FakeIngest::new();
-    let c = Client::streaming(cfg(), &prov, ingest.clone());
+    let (c, ingest) = streaming_client(&d, &[(a_stall, "stall"), (a_good, "good")]);
     let got = fetch(&c, &d).await;
     assert_eq!((got.status, got.failed), (StatusCode::OK, false));
     assert_eq!(got.bytes, blob);
