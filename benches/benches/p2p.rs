@@ -36,6 +36,8 @@
 mod cluster;
 #[path = "p2p/measure.rs"]
 mod measure;
+#[path = "p2p/worker.rs"]
+mod worker;
 #[path = "p2p/workload.rs"]
 mod workload;
 
@@ -43,30 +45,23 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use shoal_p2p::{Config, Handle, Key, Traffic};
+use shoal_p2p::{Config, Key, Traffic};
 
-use cluster::Cluster;
-use measure::{CpuMeter, Lag, quantiles, rss_mib};
+use cluster::{Cluster, Node};
+use measure::{CpuMeter, quantiles, rss_mib};
 use workload::{Rng, holders, key, node_keys};
 
 const LATENCY_SAMPLES: usize = 300;
 const FINDABLE_SAMPLES: usize = 40;
 const PER_NODE_LOOKUPS: usize = 5;
-const CHECK_CONCURRENCY: usize = 32;
+/// Lookups of the check in flight at once. Each lookup's walk runs on every node it reaches, all
+/// in this machine's cores: at 300 nodes 32 at once starved the harness (timer lag p99 358 ms)
+/// and 4 of 1,600 lookups ended without a provider.
+const CHECK_CONCURRENCY: usize = 4;
 /// Keys per node of the sizing case (`Config` docs), for the background-traffic figure.
 const SIZING_KEYS: usize = 5_000;
 /// Background traffic target per node, KB/s (sent + received).
 const BACKGROUND_BUDGET: f64 = 50.0;
-
-/// Time to the first provider, and whether there was one.
-async fn lookup(h: &Handle, k: &Key) -> (Duration, bool) {
-    let t = Instant::now();
-    let Ok(mut s) = h.find_providers(k).await else {
-        return (t.elapsed(), false);
-    };
-    let found = s.next().await.is_some();
-    (t.elapsed(), found)
-}
 
 fn env_list(name: &str, default: &str) -> Vec<usize> {
     std::env::var(name)
@@ -79,7 +74,6 @@ fn env_list(name: &str, default: &str) -> Vec<usize> {
 struct Run {
     cluster: Cluster,
     rng: Rng,
-    lag: Lag,
     failures: Vec<String>,
     tag: u64,
     /// Length of the idle-traffic window.
@@ -89,8 +83,12 @@ struct Run {
 }
 
 impl Run {
-    fn handle(&self, i: usize) -> &Handle {
-        self.cluster.members[i].handle().expect("live")
+    fn node(&self, i: usize) -> Node<'_> {
+        self.cluster.node(i)
+    }
+
+    fn cpu(&self) -> CpuMeter {
+        CpuMeter::start(self.cluster.pids())
     }
 
     fn random_live(&mut self, live: &[usize], not: usize) -> usize {
@@ -105,7 +103,7 @@ impl Run {
     async fn traffic(&self) -> Traffic {
         let mut t = Traffic::default();
         for i in self.cluster.live() {
-            let s = self.handle(i).status().await.unwrap().traffic;
+            let s = self.node(i).status().await.traffic;
             t.bytes_received += s.bytes_received;
             t.bytes_sent += s.bytes_sent;
             t.kad_requests_received += s.kad_requests_received;
@@ -135,9 +133,9 @@ impl Run {
         let live = self.cluster.live();
         let mut counts = Vec::new();
         for &i in &live {
-            counts.push(self.handle(i).status().await.unwrap().peers.len());
+            counts.push(self.node(i).status().await.peers);
         }
-        let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+        let fds = measure::open_files(&self.cluster.pids());
         let mean = counts.iter().sum::<usize>() as f64 / counts.len().max(1) as f64;
         (mean, counts.into_iter().max().unwrap_or(0), fds)
     }
@@ -169,15 +167,13 @@ impl Run {
                 }
             }
         }
-        let cpu = CpuMeter::start();
+        let cpu = self.cpu();
         let t = Instant::now();
         let total = jobs.len();
-        let handles: Vec<(Handle, Key)> = jobs
-            .into_iter()
-            .map(|(i, k)| (self.handle(i).clone(), k))
-            .collect();
-        let misses: Vec<Key> = futures::stream::iter(handles)
-            .map(|(h, k)| async move { (lookup(&h, &k).await.1, k) })
+        let nodes: Vec<(Node<'_>, Key)> =
+            jobs.into_iter().map(|(i, k)| (self.node(i), k)).collect();
+        let misses: Vec<Key> = futures::stream::iter(nodes)
+            .map(|(n, k)| async move { (n.lookup(&k).await.1, k) })
             .buffer_unordered(CHECK_CONCURRENCY)
             .filter_map(|(found, k)| async move { (!found).then_some(k) })
             .collect()
@@ -191,11 +187,29 @@ impl Run {
             misses.len(),
             t.elapsed().as_secs_f64(),
             cpu.cores(),
-            self.lag.take_p99()
+            self.cluster.lag_p99().await
         );
         if !misses.is_empty() {
+            // Whether a miss was lasting (no record reachable) or of the moment: each missed
+            // key again, one lookup at a time, from a random live node. Either way it counts.
+            let mut again = 0;
+            for k in &misses {
+                let mut f = live[self.rng.below(live.len())];
+                for _ in 0..10 {
+                    if !self.cluster.members[f].keys.contains(k) {
+                        break;
+                    }
+                    f = live[self.rng.below(live.len())];
+                }
+                again += usize::from(self.node(f).lookup(k).await.1);
+            }
+            println!(
+                "  check {what}: of the {} missed keys, {again} found when looked up again alone",
+                misses.len()
+            );
             self.failures.push(format!(
-                "{what}: {} of {total} lookups of held keys found nobody (first: {})",
+                "{what}: {} of {total} lookups of held keys found nobody (first: {}; {again} \
+                 found on a second lookup)",
                 misses.len(),
                 misses[0]
             ));
@@ -207,12 +221,12 @@ impl Run {
         let live = self.cluster.live();
         let held = holders(live.iter().map(|i| &self.cluster.members[*i].keys));
         let keys: Vec<&Key> = held.keys().filter(|k| held[*k] > 1).collect();
-        let cpu = CpuMeter::start();
+        let cpu = self.cpu();
         let (mut present, mut absent, mut findable) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..LATENCY_SAMPLES {
             let k = keys[self.rng.below(keys.len())].clone();
             let f = live[self.rng.below(live.len())];
-            let (d, found) = lookup(self.handle(f), &k).await;
+            let (d, found) = self.node(f).lookup(&k).await;
             if found {
                 present.push(d);
             } else {
@@ -222,22 +236,23 @@ impl Run {
         }
         // What one absent-key lookup costs: kad requests, and CPU of the whole process (both
         // ends of every request run here), to tell a CPU-bound harness from a long walk.
-        let (before, cpu_absent) = (self.traffic().await, measure::cpu_time());
+        let pids = self.cluster.pids();
+        let (before, cpu_absent) = (self.traffic().await, measure::cpu_total(&pids));
         for i in 0..LATENCY_SAMPLES {
             let f = live[self.rng.below(live.len())];
             let k = key(self.tag, u64::MAX, i as u64);
-            let (d, found) = lookup(self.handle(f), &k).await;
+            let (d, found) = self.node(f).lookup(&k).await;
             assert!(!found, "absent key found");
             absent.push(d);
         }
         let requests = minus(self.traffic().await, before).kad_requests_received;
-        let cpu_ms = match (cpu_absent, measure::cpu_time()) {
+        let cpu_ms = match (cpu_absent, measure::cpu_total(&pids)) {
             (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64() * 1e3,
             _ => f64::NAN,
         };
         let absent_cost = format!(
             "  absent-key lookup ({what}): {:.1} kad requests and {:.1} ms of process CPU each \
-             (both ends in this process), {:.1} ms of wall time each",
+             (both ends in the harness), {:.1} ms of wall time each",
             requests as f64 / LATENCY_SAMPLES as f64,
             cpu_ms / LATENCY_SAMPLES as f64,
             absent.iter().map(Duration::as_secs_f64).sum::<f64>() * 1e3 / LATENCY_SAMPLES as f64,
@@ -248,10 +263,10 @@ impl Run {
             let p = live[self.rng.below(live.len())];
             let f = self.random_live(&live, p);
             let t = Instant::now();
-            self.handle(p).provide(vec![k.clone()]).await.unwrap();
+            self.node(p).provide(std::slice::from_ref(&k)).await;
             let mut ok = false;
             while t.elapsed() < Duration::from_secs(10) {
-                if lookup(self.handle(f), &k).await.1 {
+                if self.node(f).lookup(&k).await.1 {
                     ok = true;
                     break;
                 }
@@ -262,9 +277,9 @@ impl Run {
                 self.failures
                     .push(format!("{what}: provided key not findable in 10 s"));
             }
-            self.handle(p).withdraw(vec![k]).await.unwrap();
+            self.node(p).withdraw(&[k]).await;
         }
-        let (cores, lag) = (cpu.cores(), self.lag.take_p99());
+        let (cores, lag) = (cpu.cores(), self.cluster.lag_p99().await);
         for (name, v, target) in [
             ("first provider", &mut present, None),
             ("absent key, answer", &mut absent, Some(20.0)),
@@ -312,19 +327,20 @@ async fn run(
     churn: usize,
     batch: usize,
     idle_window: Duration,
+    processes: usize,
 ) -> Vec<String> {
     let seed = 0x5eed_1234_abcd_9876;
-    let rss0 = rss_mib();
     let catalogue = (n * keys / 25).max(50);
     let mut rng = Rng(seed ^ n as u64);
-    let mut cluster = Cluster::new(seed);
+    let mut cluster = Cluster::new(seed, processes);
+    cluster.lag_p99().await; // every worker is up: its memory before any node is the baseline
+    let rss0 = rss_mib(&cluster.pids());
     for _ in 0..n {
         cluster.add(node_keys(n as u64, keys, catalogue, &mut rng));
     }
     let mut r = Run {
         cluster,
         rng,
-        lag: Lag::spawn(),
         failures: Vec::new(),
         tag: (1 << 40) | n as u64,
         idle: idle_window,
@@ -333,11 +349,11 @@ async fn run(
     let distinct = holders(r.cluster.members.iter().map(|m| &m.keys)).len();
     println!(
         "\n## {n} nodes, {keys} keys per node ({distinct} distinct), {churn}% churn, \
-         publication round {batch} nodes at a time\n"
+         publication round {batch} nodes at a time, {processes} worker processes\n"
     );
 
     // Start: all nodes, then wait for every one to be ready.
-    let cpu = CpuMeter::start();
+    let cpu = r.cpu();
     let t = Instant::now();
     for i in 0..n {
         r.cluster.start(i).await;
@@ -353,12 +369,12 @@ async fn run(
     println!(
         "  start: all {n} ready after {max:.0} ms (p99 {p99:.0} ms), {:.2} cores, lag p99 {:.1} ms",
         cpu.cores(),
-        r.lag.take_p99()
+        r.cluster.lag_p99().await
     );
 
     // Publication round.
     let before = r.traffic().await;
-    let cpu = CpuMeter::start();
+    let cpu = r.cpu();
     let t = Instant::now();
     // In batches of `batch` nodes: all N at once put N nodes' publication work on this
     // process's 2 cores (each real node has its own), and the starved runtime then drops
@@ -366,7 +382,7 @@ async fn run(
     for start in (0..n).step_by(batch) {
         for i in start..(start + batch).min(n) {
             let ks: Vec<Key> = r.cluster.members[i].keys.iter().cloned().collect();
-            r.handle(i).provide(ks).await.unwrap();
+            r.node(i).provide(&ks).await;
         }
         if let Err(e) = r.cluster.wait_published(Duration::from_secs(1800)).await {
             r.failures.push(e);
@@ -382,7 +398,7 @@ async fn run(
          per publication {per_pub:.1} KiB on the wire, {:.1} kad requests of which {:.1} \
          ADD_PROVIDER (cluster totals / publications)",
         cpu.cores(),
-        r.lag.take_p99(),
+        r.cluster.lag_p99().await,
         round.kad_requests_received as f64 / pubs,
         round.add_providers_received as f64 / pubs,
     );
@@ -401,7 +417,7 @@ async fn run(
     println!(
         "  connections per node after publication: mean {mean:.0}, max {max}; process open files {fds}"
     );
-    let rss = (rss_mib() - rss0) / n as f64;
+    let rss = (rss_mib(&r.cluster.pids()) - rss0) / n as f64;
 
     r.check("steady").await;
     idle(&mut r, n, "steady").await;
@@ -439,7 +455,7 @@ async fn run(
         r.cluster.members[i].keys.insert(k);
     }
     let (mut to_ready, mut to_findable) = (Vec::new(), Vec::new());
-    let cpu = CpuMeter::start();
+    let cpu = r.cpu();
     for &i in &joiners {
         let t = Instant::now();
         r.cluster.start(i).await;
@@ -454,12 +470,12 @@ async fn run(
             .find(|k| k.to_string().contains(&format!("{:016x}", r.tag)))
             .cloned()
             .expect("own key");
-        r.handle(i).provide(ks).await.unwrap();
+        r.node(i).provide(&ks).await;
         let live = r.cluster.live();
         let f = r.random_live(&live, i);
         let mut ok = false;
         while t.elapsed() < Duration::from_secs(60) {
-            if lookup(r.handle(f), &own).await.1 {
+            if r.node(f).lookup(&own).await.1 {
                 ok = true;
                 break;
             }
@@ -507,7 +523,7 @@ async fn run(
 /// catches it whole; 300 s gives the average.
 async fn idle(r: &mut Run, n: usize, what: &str) {
     let before = r.traffic().await;
-    let cpu = CpuMeter::start();
+    let cpu = r.cpu();
     tokio::time::sleep(r.idle).await;
     let cores = cpu.cores();
     let (kib, msgs) = per_node_rate(minus(r.traffic().await, before), n, r.idle.as_secs_f64());
@@ -528,8 +544,14 @@ async fn idle(r: &mut Run, n: usize, what: &str) {
 }
 
 fn main() {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some(worker::WORKER_ARG) {
+        let seed = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);
+        return worker::serve(seed);
+    }
     // `cargo bench` passes --bench; `cargo test --benches` runs this too: keep that quick.
     let quick = !std::env::args().any(|a| a == "--bench");
+    // Workers inherit the limit.
     let fd = measure::raise_fd_limit(1 << 20);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -546,33 +568,20 @@ fn main() {
             Duration::from_secs(env_list("SHOAL_BENCH_IDLE_SECS", "20")[0] as u64),
         )
     };
-    let fit = measure::nodes_that_fit(fd);
     println!(
-        "open-file limit {fd} (at most {fit} nodes fit in this process); {} cores",
+        "open-file limit {fd} per process; {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let mut failed = Vec::new();
-    let mut capped = Vec::new();
-    for asked in nodes {
-        // Past the limit the process hits EMFILE (its own and its nodes' descriptors alike):
-        // that would measure the harness, so the most that fit are run instead, and said so.
-        let n = asked.min(fit);
-        if n < asked {
-            println!(
-                "\n{asked} nodes need ~{} descriptors in one process (both ends of each of a \
-                 node's N - 1 connections; a real node holds N - 1): over the limit of {fd}. \
-                 Running {n} nodes instead.",
-                measure::fds_needed(asked)
-            );
-            capped.push(format!(
-                "{asked} nodes asked, {n} run (open-file limit {fd})"
-            ));
-        }
-        let f = rt.block_on(run(n, keys, churn, batch, idle));
+    for n in nodes {
+        // Enough worker processes that none passes the open-file limit once the cluster is a
+        // full mesh (its own nodes' connection ends only), or SHOAL_BENCH_PROCESSES.
+        let processes = match std::env::var("SHOAL_BENCH_PROCESSES") {
+            Ok(p) => p.parse().expect("SHOAL_BENCH_PROCESSES: a number"),
+            Err(_) => n.div_ceil(measure::nodes_per_process(n, fd)),
+        };
+        let f = rt.block_on(run(n, keys, churn, batch, idle, processes));
         failed.extend(f.into_iter().map(|e| format!("{n} nodes: {e}")));
-    }
-    for c in &capped {
-        println!("\nHARNESS LIMIT: {c}");
     }
     if !failed.is_empty() {
         eprintln!("\nFAILED:");

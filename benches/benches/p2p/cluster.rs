@@ -1,77 +1,29 @@
-//! A cluster of in-process nodes shaped like the DaemonSet: every node has its own IP
-//! (`127.10.x.y`, one per node, all on port 5001 like `hostNetwork` pods), bootstraps from a
-//! `dns:` name whose answers, like a headless Service's, list live nodes (here a few random
-//! ones per answer, so no single seed carries the cluster), keeps its identity in a data
-//! directory across restarts, and leaves by stopping (its connections close).
+//! A cluster shaped like the DaemonSet: every node has its own IP (`127.10.x.y`, one per node,
+//! all on port 5001 like `hostNetwork` pods), bootstraps from a `dns:` name whose answers, like
+//! a headless Service's, list live nodes (a few random ones per answer, so no single seed
+//! carries the cluster), keeps its identity in a data directory across restarts, and leaves by
+//! stopping (its connections close). The nodes run in worker processes (`worker.rs`), node `i`
+//! in worker `i % workers`, so joiners spread over them.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
-use shoal_p2p::{Bootstrap, Config, Handle, Key, ResolveError, Resolver};
-use tokio::task::JoinHandle;
+use shoal_p2p::Key;
 
-use crate::workload::Rng;
-
-pub const PORT: u16 = 5001;
-const DNS_NAME: &str = "shoal.kube-system.svc.cluster.local";
-/// Addresses per DNS answer.
-const ANSWER: usize = 5;
-
-/// The headless Service: live node addresses; each answer is a few random ones.
-#[derive(Debug)]
-pub struct Dns {
-    live: Mutex<(Vec<SocketAddr>, Rng)>,
-}
-
-impl Dns {
-    fn set(&self, addr: SocketAddr, live: bool) {
-        let mut g = self.live.lock().unwrap();
-        g.0.retain(|a| *a != addr);
-        if live {
-            g.0.push(addr);
-        }
-    }
-}
-
-impl Resolver for Dns {
-    fn resolve<'a>(
-        &'a self,
-        _name: &'a str,
-        _port: u16,
-    ) -> BoxFuture<'a, Result<Vec<SocketAddr>, ResolveError>> {
-        let mut g = self.live.lock().unwrap();
-        let (live, rng) = &mut *g;
-        let mut out = Vec::new();
-        for _ in 0..ANSWER.min(live.len()) * 2 {
-            let a = live[rng.below(live.len())];
-            if !out.contains(&a) && out.len() < ANSWER {
-                out.push(a);
-            }
-        }
-        Box::pin(async move { Ok(out) })
-    }
-}
+use crate::worker::{Link, PORT, Stat};
 
 pub struct Member {
     pub addr: SocketAddr,
     pub dir: PathBuf,
     pub keys: BTreeSet<Key>,
-    pub node: Option<(Handle, JoinHandle<()>)>,
-}
-
-impl Member {
-    pub fn handle(&self) -> Option<&Handle> {
-        self.node.as_ref().map(|(h, _)| h)
-    }
+    pub live: bool,
 }
 
 pub struct Cluster {
-    pub dns: Arc<Dns>,
     pub members: Vec<Member>,
+    pub workers: Vec<Link>,
     root: tempfile::TempDir,
 }
 
@@ -81,13 +33,39 @@ pub fn addr_of(i: usize) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(ip), PORT)
 }
 
+/// One node, wherever it runs.
+#[derive(Clone, Copy)]
+pub struct Node<'a> {
+    link: &'a Link,
+    i: usize,
+}
+
+impl Node<'_> {
+    pub async fn provide(&self, keys: &[Key]) {
+        self.link.provide(self.i, keys, false).await
+    }
+
+    pub async fn withdraw(&self, keys: &[Key]) {
+        self.link.provide(self.i, keys, true).await
+    }
+
+    /// Time to the first provider, and whether there was one.
+    pub async fn lookup(&self, key: &Key) -> (Duration, bool) {
+        self.link.lookup(self.i, key).await
+    }
+
+    pub async fn status(&self) -> Stat {
+        self.link.status(self.i).await
+    }
+}
+
 impl Cluster {
-    pub fn new(seed: u64) -> Self {
+    pub fn new(seed: u64, workers: usize) -> Self {
         Cluster {
-            dns: Arc::new(Dns {
-                live: Mutex::new((Vec::new(), Rng(seed))),
-            }),
             members: Vec::new(),
+            workers: (0..workers.max(1))
+                .map(|w| Link::spawn(seed ^ w as u64))
+                .collect(),
             root: tempfile::tempdir().expect("temp dir"),
         }
     }
@@ -101,52 +79,68 @@ impl Cluster {
             addr: addr_of(i),
             dir,
             keys,
-            node: None,
+            live: false,
         });
         i
     }
 
+    pub fn node(&self, i: usize) -> Node<'_> {
+        assert!(self.members[i].live, "node {i} is not running");
+        Node {
+            link: &self.workers[i % self.workers.len()],
+            i,
+        }
+    }
+
+    /// Every worker process's pid.
+    pub fn pids(&self) -> Vec<u32> {
+        self.workers.iter().map(|w| w.pid).collect()
+    }
+
     /// Starts member `i` (same identity as before, if it ran before): spawn, then listed in DNS.
     pub async fn start(&mut self, i: usize) {
+        let w = i % self.workers.len();
         let m = &mut self.members[i];
-        let cfg = Config {
-            listen: vec![m.addr],
-            mirror_port: 5000,
-            bootstrap: vec![Bootstrap::Dns {
-                name: DNS_NAME.into(),
-                port: PORT,
-            }],
-            data_dir: Some(m.dir.clone()),
-            resolver: Some(self.dns.clone()),
-            ..Config::default()
-        };
-        let node = shoal_p2p::spawn(cfg).await.expect("node starts");
-        m.node = Some(node);
-        self.dns.set(m.addr, true);
+        self.workers[w].start(i, m.addr, &m.dir).await;
+        m.live = true;
+        let addr = m.addr;
+        self.dns(addr, true).await;
     }
 
     /// Stops member `i`: out of DNS, then the node stops and its connections close.
     pub async fn stop(&mut self, i: usize) {
-        let m = &mut self.members[i];
-        self.dns.set(m.addr, false);
-        if let Some((h, task)) = m.node.take() {
-            h.shutdown().await;
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        let addr = self.members[i].addr;
+        self.dns(addr, false).await;
+        self.members[i].live = false;
+        self.workers[i % self.workers.len()].stop(i).await;
+    }
+
+    async fn dns(&self, addr: SocketAddr, live: bool) {
+        for w in &self.workers {
+            w.dns(addr, live).await;
         }
     }
 
     pub fn live(&self) -> Vec<usize> {
         (0..self.members.len())
-            .filter(|i| self.members[*i].node.is_some())
+            .filter(|i| self.members[*i].live)
             .collect()
+    }
+
+    /// Worst p99 lateness of a 10 ms timer over the workers since the last call.
+    pub async fn lag_p99(&self) -> f64 {
+        let mut worst = f64::NAN;
+        for w in &self.workers {
+            worst = worst.max(w.lag_p99().await);
+        }
+        worst
     }
 
     /// Waits until member `i` reports ready; returns how long that took.
     pub async fn wait_ready(&self, i: usize, limit: Duration) -> Result<Duration, String> {
-        let h = self.members[i].handle().expect("started");
         let t = Instant::now();
         loop {
-            let st = h.status().await.map_err(|e| e.to_string())?;
+            let st = self.node(i).status().await;
             if st.ready && st.routing_table_size > 0 {
                 return Ok(t.elapsed());
             }
@@ -166,8 +160,7 @@ impl Cluster {
         loop {
             let mut pending = 0;
             for i in self.live() {
-                let st = self.members[i].handle().unwrap().status().await;
-                pending += st.map_err(|e| e.to_string())?.pending_publications;
+                pending += self.node(i).status().await.pending_publications;
             }
             if pending == 0 {
                 return Ok(t.elapsed());

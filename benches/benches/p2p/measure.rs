@@ -16,10 +16,9 @@ pub fn quantiles(v: &mut [Duration]) -> (f64, f64, f64) {
     (ms(q(0.50)), ms(q(0.99)), ms(v[v.len() - 1]))
 }
 
-/// CPU time (user + system) this process used so far; `None` when `/proc` cannot be read (at
-/// the open-file limit, say).
-pub fn cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+/// CPU time (user + system) process `pid` used so far; `None` when `/proc` cannot be read.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<u64> = rest
@@ -30,28 +29,47 @@ pub fn cpu_time() -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10)) // USER_HZ is 100 on Linux
 }
 
-/// Resident memory of this process, MiB.
-pub fn rss_mib() -> f64 {
-    shoal_benches::rss_kib(std::process::id()) as f64 / 1024.0
+/// CPU time of this process and `pids` together.
+pub fn cpu_total(pids: &[u32]) -> Option<Duration> {
+    std::iter::once(std::process::id())
+        .chain(pids.iter().copied())
+        .map(cpu_time)
+        .sum()
 }
 
-/// CPU cores used between `start` and now.
+/// Open descriptors of `pids` together.
+pub fn open_files(pids: &[u32]) -> usize {
+    pids.iter()
+        .map(|p| std::fs::read_dir(format!("/proc/{p}/fd")).map_or(0, |d| d.count()))
+        .sum()
+}
+
+/// Resident memory of `pids` together, MiB.
+pub fn rss_mib(pids: &[u32]) -> f64 {
+    pids.iter()
+        .map(|p| shoal_benches::rss_kib(*p) as f64 / 1024.0)
+        .sum()
+}
+
+/// CPU cores used by the harness (this process and its workers) between `start` and now.
 pub struct CpuMeter {
     wall: Instant,
+    pids: Vec<u32>,
     cpu: Option<Duration>,
 }
 
 impl CpuMeter {
-    pub fn start() -> Self {
+    pub fn start(pids: Vec<u32>) -> Self {
         CpuMeter {
             wall: Instant::now(),
-            cpu: cpu_time(),
+            cpu: cpu_total(&pids),
+            pids,
         }
     }
 
     /// NaN when either reading failed.
     pub fn cores(&self) -> f64 {
-        match (self.cpu, cpu_time()) {
+        match (self.cpu, cpu_total(&self.pids)) {
             (Some(a), Some(b)) => {
                 b.saturating_sub(a).as_secs_f64() / self.wall.elapsed().as_secs_f64().max(1e-3)
             }
@@ -107,27 +125,21 @@ pub fn raise_fd_limit(want: u64) -> u64 {
         .unwrap_or(0)
 }
 
-/// Descriptors this process holds per (node, connected peer) pair. Measured 2026-12-07 (release,
-/// 100 nodes, 99 peers each after the publication round): 11,398 open files, 1.15 per pair
-/// (both ends of each connection, plus simultaneous dials that briefly leave two connections
-/// for one pair, listeners and the runtime); 126 nodes held 19,412 (1.23). 1.35 leaves a margin.
+/// Descriptors a process holds per (node, connected peer) pair it hosts. Measured 2026-12-07
+/// (release, one process, 100 nodes, 99 peers each after the publication round): 11,398 open
+/// files, 1.15 per pair (the connection's end, plus simultaneous dials that briefly leave two
+/// connections for one pair, listeners and the runtime); 126 nodes held 19,412 (1.23). 1.35
+/// leaves a margin.
 const FDS_PER_PEER: f64 = 1.35;
-/// Descriptors of the harness itself (stdio, runtime, temp dirs).
+/// Descriptors of a worker itself (stdio, runtime, temp dirs).
 const FDS_BASE: f64 = 200.0;
 
-/// Descriptors `n` in-process nodes need once every node is connected to every other, which
-/// the default `idle_connection_timeout` (10 min) leads to: the publication walks cover the key
-/// space. That is n x (n - 1) connection ends here, where a real node holds n - 1.
-pub fn fds_needed(n: usize) -> u64 {
-    (n as f64 * n.saturating_sub(1) as f64 * FDS_PER_PEER + FDS_BASE) as u64
-}
-
-/// Most nodes one process can run under the open-file limit `limit`. Past it the process hits
-/// EMFILE: at 300 nodes under a 20,000 limit, `accept4` failed ~600 times a second during
-/// start-up, and the harness's own `/proc` reads failed.
-pub fn nodes_that_fit(limit: u64) -> usize {
-    (1..100_000)
-        .take_while(|n| fds_needed(*n) <= limit)
-        .last()
-        .unwrap_or(1)
+/// Most nodes of an `n`-node cluster one process can host under the open-file limit `limit`,
+/// once every node is connected to every other, which the default `idle_connection_timeout`
+/// (10 min) leads to (the publication walks cover the key space): each hosted node holds n - 1
+/// connection ends. Past it the process hits EMFILE: 300 nodes in one process under a 20,000
+/// limit had `accept4` failing ~600 times a second during start-up.
+pub fn nodes_per_process(n: usize, limit: u64) -> usize {
+    let per_node = n.saturating_sub(1) as f64 * FDS_PER_PEER;
+    (((limit as f64 - FDS_BASE) / per_node.max(1.0)) as usize).clamp(1, n.max(1))
 }

@@ -69,19 +69,30 @@ pub const DEFAULT_P2P_PORT: u16 = 5001;
 ///   falls back to upstream long before (the mirror waits ~20 ms for a first provider).
 /// - `dns_refresh` = 30 s: new DaemonSet pods appear in the headless Service within seconds;
 ///   30 s keeps DNS load trivial (one query per node per 30 s) while healing partitions quickly.
-/// - `idle_connection_timeout` = 10 min: keeping connections to peers makes the next lookup
-///   skip TCP + noise handshakes (absent-key answer p99 10-11 ms, first provider p99 6-8 ms at
-///   100 nodes, release). The timeout applies to every connection, not only to routing-table
-///   peers, and publications walk the whole key space, so a node ends up connected to every
-///   other node: measured 99 of 99 at 100 nodes. Each costs one descriptor and ~70 B/s of pings
-///   (`ping_interval`): ~21 KB/s at 300 nodes, which with routing refresh and re-publication
-///   puts a node at the budget's edge (~50 KB/s, computed), and ~72 KB/s at 1,000, over it. Bounding the connection set (keep routing-table peers, close the
-///   others sooner) trades those pings for handshakes + identify on re-contact and for dials in
-///   lookups; it is not done yet (docs/benchmarks.md, "release, this machine").
-/// - `ping_interval` = 5 s and `ping_timeout` = 10 s: a peer that went silent without closing
+/// - `idle_connection_timeout` = 10 min and `kept_connections` = 128. Every lookup and
+///   publication walk reaches nodes near its key, i.e. random nodes, so a node talks to most
+///   others over time. Measured: a new connection costs ~2.8 KB (TCP, PSK, noise, yamux,
+///   identify both ways, one kad request), keeping one costs ~31 B/s of pings (sent +
+///   received, `ping_interval`; 62 B/s measured at 5 s), so a connection reused within ~90 s is cheaper kept. Under the
+///   sizing load (5,000 keys re-published per 12 h, ~80 requests per walk at 300 nodes) a node
+///   contacts each of 300 peers about every 30 s: closing idle connections after 30 s (tried,
+///   300 nodes, docs/benchmarks.md) doubled the bytes per publication (214.7 KiB against ~110)
+///   and put re-publication alone at 50.9 KB/s per node. So connections stay open while used
+///   within 10 min, which under that load is every node up to ~1,000. In a quieter cluster a
+///   node keeps open, idle or not, its routing-table peers (where every walk starts; ~100 at
+///   300 nodes, ~130 at 1,000; see `keep`) and then its longest-lived other connections up to
+///   128 in all, and closes the others after 10 min without a request, so idle connections
+///   stop growing with the cluster past ~129 nodes. Up to ~129 nodes every node is kept: the
+///   herd election chooses its arbiter over a node's connected peers, and equal views mean one
+///   fetcher per blob.
+/// - `ping_interval` = 10 s and `ping_timeout` = 10 s: a peer that went silent without closing
 ///   its connections (powered off, partitioned by a firewall that drops) is disconnected within
-///   ~15 s, so lookups stop yielding it and a pull no longer waits on a connect to it. Left to
-///   TCP, a dead connection lingers until retransmissions give up (~15 min on Linux).
+///   ~20 s, so lookups stop yielding it and a pull no longer waits on a connect to it. Left to
+///   TCP, a dead connection lingers until retransmissions give up (~15 min on Linux). Pings are
+///   the idle cost of every connection (~62 B/s per connection measured at the former 5 s, so
+///   ~31 at 10 s): at 300 nodes, each connected to every other, 5 s cost 18.5 KB/s per node, a
+///   third of the background budget; 10 s halves it and keeps a dead peer's window under
+///   half a minute.
 /// - `parallelism` = 8 (Kademlia's α, 3 by default): lookups for absent keys must hear back from
 ///   the closest nodes before they can say "nobody"; more requests in flight shortens that walk.
 ///   Kad ends it once the k = 20 closest peers it knows have answered: about three rounds of
@@ -109,8 +120,12 @@ pub struct Config {
     pub query_timeout: Duration,
     /// Upper bound of one connection attempt (TCP + handshakes).
     pub dial_timeout: Duration,
-    /// How long an unused connection is kept open.
+    /// How long an unused connection is kept open when it is not one of the kept ones
+    /// (`kept_connections`).
     pub idle_connection_timeout: Duration,
+    /// Connections kept open while idle: routing-table peers always, then the longest-lived
+    /// others until this many are kept; the rest close after `idle_connection_timeout`.
+    pub kept_connections: usize,
     /// How often every connection is pinged.
     pub ping_interval: Duration,
     /// A ping unanswered for this long closes the connection.
@@ -146,7 +161,8 @@ impl Default for Config {
             query_timeout: Duration::from_secs(5),
             dial_timeout: Duration::from_secs(5),
             idle_connection_timeout: Duration::from_secs(10 * 60),
-            ping_interval: Duration::from_secs(5),
+            kept_connections: 128,
+            ping_interval: Duration::from_secs(10),
             ping_timeout: Duration::from_secs(10),
             max_provided_keys: 100_000,
             max_stored_keys: 500_000,

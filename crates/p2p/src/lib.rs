@@ -26,6 +26,7 @@ mod error;
 mod find;
 mod handle;
 mod identity;
+mod keep;
 mod key;
 mod liveness;
 mod node;

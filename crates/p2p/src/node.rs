@@ -43,6 +43,9 @@ impl PeerState {
     }
 }
 
+/// How often the kept connection set follows the routing table.
+const KEEP_REFRESH: Duration = Duration::from_secs(1);
+
 pub(crate) struct Node {
     pub swarm: Swarm<Behaviour>,
     pub local: PeerId,
@@ -161,6 +164,8 @@ impl Node {
         );
         let mut redial =
             tokio::time::interval_at(start + self.cfg.dns_refresh, self.cfg.dns_refresh);
+        let mut keep = tokio::time::interval(KEEP_REFRESH);
+        keep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 cmd = self.commands.recv() => match cmd {
@@ -175,6 +180,7 @@ impl Node {
                 }
                 _ = reprovide.tick() => self.republish_round(),
                 _ = redial.tick() => self.redial_static(),
+                _ = keep.tick() => self.refresh_kept(),
             }
             self.pump_publications();
         }
@@ -319,6 +325,22 @@ impl Node {
                 self.provider_unreachable(peer);
             }
         }
+    }
+
+    /// The connections kept open while idle follow the routing table and connection ages (see
+    /// `keep` and `Config::kept_connections`).
+    fn refresh_kept(&mut self) {
+        let table: Vec<PeerId> = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
+            .collect();
+        let connected: Vec<(PeerId, SystemTime)> =
+            self.peers.iter().map(|(p, s)| (*p, s.since)).collect();
+        let kept = crate::keep::choose(&table, connected, self.cfg.kept_connections);
+        self.swarm.behaviour_mut().keep.set(kept);
     }
 
     pub(crate) fn routing_table_size(&mut self) -> usize {

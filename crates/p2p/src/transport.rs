@@ -38,6 +38,7 @@ pub(crate) struct Behaviour {
     pub kad: kad::Behaviour<MemoryStore>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
+    pub keep: crate::keep::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
@@ -153,6 +154,7 @@ pub(crate) fn build_behaviour(
         kad,
         identify,
         ping,
+        keep: crate::keep::Behaviour::default(),
         mdns: mdns.into(),
     })
 }

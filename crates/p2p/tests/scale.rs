@@ -18,6 +18,8 @@ use shoal_p2p::{Handle, Key, PeerId};
 const NODES: usize = 60;
 const LATE: usize = 8;
 const LOOKERS: usize = 8;
+/// Short, so that connections outside the routing table are seen to close within the test.
+const IDLE: Duration = Duration::from_secs(2);
 
 /// Whether a lookup from `h` yields `provider`. Generous bound: the machine may be loaded.
 async fn finds(h: &Handle, key: &Key, provider: PeerId) -> bool {
@@ -42,6 +44,9 @@ async fn keys_of_the_last_nodes_to_join_are_found_from_every_node() {
         c.reprovide_interval = Duration::from_secs(600);
         c.query_timeout = Duration::from_secs(30);
         c.dial_timeout = Duration::from_secs(10);
+        c.idle_connection_timeout = IDLE;
+        // Only routing-table peers are kept (the default budget would keep all 59 here).
+        c.kept_connections = 0;
     })
     .await;
     let late = &nodes[n - LATE..];
@@ -70,6 +75,36 @@ async fn keys_of_the_last_nodes_to_join_are_found_from_every_node() {
     assert!(
         misses.is_empty(),
         "(provider, looker) pairs where the provider was not found: {misses:?}"
+    );
+
+    // The walks connected nodes to nodes outside their routing tables; once idle, those
+    // connections close and routing-table peers stay connected (`keep`): the connection set
+    // is bounded by the routing table, not by the cluster (issue 18). Without `keep` every
+    // connection but the bootstrap one closes here; with a long idle timeout, none would, and
+    // at this size most nodes' tables hold fewer peers than the 59 others (full top bucket).
+    tokio::time::sleep(IDLE + Duration::from_secs(3)).await;
+    // Node 0 is every node's static bootstrap peer, redialled while not connected (every
+    // 200 ms here): it stays connected to all, and every other node to it.
+    let mut bounded = 0;
+    for (i, node) in nodes.iter().enumerate().skip(1) {
+        let st = node.handle.status().await.unwrap();
+        let (peers, table) = (st.peers.len(), st.routing_table_size);
+        assert!(
+            peers <= table + 1,
+            "node {i}: {peers} connected peers, only {table} in its routing table"
+        );
+        // A connection stays open while either end keeps it: XOR distance is symmetric, so a
+        // routing-table peer is in the same bucket of the other's table, but a full bucket
+        // there may not hold it, and then that end closes the connection. Measured 76-100 %.
+        assert!(
+            peers * 2 >= table,
+            "node {i}: only {peers} of its {table} routing-table peers still connected"
+        );
+        bounded += usize::from(table < n - 1);
+    }
+    assert!(
+        bounded > 0,
+        "no routing table was full: the check says nothing"
     );
     for n in nodes {
         n.handle.shutdown().await;
