@@ -14,23 +14,25 @@
 //!    (restart), half are replaced by new nodes with new keys; time until each is ready and a
 //!    key only it holds is findable; then 2 and 3 again.
 //!
-//! `SHOAL_BENCH_IDLE_SECS` (default 20) is the idle-traffic window (see `idle`).
+//! `SHOAL_BENCH_IDLE_SECS` (default 20) is the idle-traffic window (see `idle`);
+//! `SHOAL_BENCH_PING_SECS` pings less often than the product, to free the harness's CPU for
+//! latency figures (see `worker::ping_override`).
 //!
 //! Exits non-zero if any lookup of a key held by a live node found nobody, or a target is
 //! missed (absent-key p99 <= 20 ms, provide -> findable p99 <= 1 s). Loopback only (127.10/16,
 //! port 5001); every loop is bounded in count and time.
 //!
-//! # Why in-process is faithful, and where it is not
+//! # Why this is faithful, and where it is not
 //! Each node is the real `shoal_p2p` node (own swarm task, own TCP listener on its own IP,
-//! real TCP + noise + yamux connections, DNS bootstrap through the `Resolver` seam). What
-//! differs from separate hosts: every node shares 2 cores and one tokio runtime with all others
-//! (CPU time and timer lateness are reported per phase: when `cores` approaches the machine's
-//! and lag grows, latencies are the harness's); loopback has no latency or loss; one process
-//! holds both ends of every connection, and every node ends up connected to every other, so N
-//! nodes need ~N² descriptors where a real node needs N: the harness raises its open-file limit
-//! if it may, and runs at most the nodes that fit under it (`measure::nodes_that_fit`, printed;
-//! 121 under this container's fixed 20,000); RSS is the process's total divided by N; nodes
-//! leave gracefully (connections close) rather than vanish.
+//! real TCP + noise + yamux connections, DNS bootstrap through the `Resolver` seam), hosted by
+//! one of a few worker processes (`p2p/worker.rs`; as many as keep each under the open-file
+//! limit once the cluster is a full mesh, `SHOAL_BENCH_PROCESSES` overrides). What differs
+//! from separate hosts: all nodes share this machine's cores, and each worker's nodes one
+//! tokio runtime (CPU time of all processes and the worst worker's timer lateness are reported
+//! per phase: when `cores` approaches the machine's and lag grows, latencies are the
+//! harness's); loopback has no latency or loss; RSS is the workers' total (less their size
+//! before any node started) divided by N; nodes leave gracefully (connections close) rather
+//! than vanish.
 
 #[path = "p2p/cluster.rs"]
 mod cluster;
@@ -572,6 +574,12 @@ fn main() {
         "open-file limit {fd} per process; {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    if let Some(s) = worker::ping_override() {
+        println!(
+            "PINGS EVERY {s} s (SHOAL_BENCH_PING_SECS), not the product's: idle traffic and the \
+             background figure are not the product's either"
+        );
+    }
     let mut failed = Vec::new();
     for n in nodes {
         // Enough worker processes that none passes the open-file limit once the cluster is a

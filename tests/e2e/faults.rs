@@ -274,7 +274,7 @@ fn a_partition_answers_fast_and_content_is_found_again_when_it_heals() {
     }
 
     // Its pings go unanswered: the puller closes the half-open connection (p2p liveness:
-    // 5 s ping interval + 10 s timeout) rather than keeping it until TCP gives up, so the
+    // 10 s ping interval + 10 s timeout) rather than keeping it until TCP gives up, so the
     // holder is no longer offered as a provider.
     let dropped = wait_for_no_peers(&d2, Duration::from_secs(45));
     eprintln!("the partitioned holder was disconnected {dropped:?} after the cut");

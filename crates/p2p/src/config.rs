@@ -25,26 +25,24 @@ pub const DEFAULT_P2P_PORT: u16 = 5001;
 /// on the k = 20 nodes closest to the key.
 ///
 /// Measured (`benches/benches/p2p.rs`, docs/benchmarks.md "DHT at cluster scale"; release build,
-/// 100 in-process nodes with 100 keys each on a shared 2-core machine, 2026-12-07): one
-/// publication (closest-peers walk + `ADD_PROVIDER`s, every one delivered) costs 88.0 KiB on the
-/// wire (TCP bytes: noise, yamux, stream negotiation and connection set-up included) and 54
-/// Kademlia requests (20 of them `ADD_PROVIDER`), 94.5-102.4 KiB and 57-59 requests at 121
-/// nodes; an idle node exchanges 6.6-7.6 KiB/s between routing refreshes, nearly all of it pings
-/// on its 99 connections (~70 B/s per connection, see `idle_connection_timeout`), and 12.3 KiB/s
-/// averaged over 5 min at 121 nodes (kad's 5-minute routing refresh included); RSS 10.3-17.2 MiB
-/// per node. (The first, debug-build figures were 168.6 KiB and 80.8 requests
-/// per publication, inflated by a starved runtime.) 300 and 1,000 nodes do not fit in one
-/// process here (open-file limit, see the bench): their figures below are computed.
+/// shared 2-core machine, 2026-12-07): one publication (closest-peers walk + `ADD_PROVIDER`s,
+/// every one delivered) costs on the wire (TCP bytes: noise, yamux, stream negotiation and
+/// connection set-up included) 88.0 KiB and 54 Kademlia requests (20 of them `ADD_PROVIDER`)
+/// at 100 nodes, 94.5-102.4 KiB and 57-59 requests at 121, 109.6 KiB and 66.3 requests at 300
+/// (nodes in worker processes). An idle node at 300 nodes, connected to all 299 others, pinging
+/// every 10 s, exchanged 11.1 KiB/s; RSS 17.6 MiB per node at 300 (10.3-17.2 at 100-121).
+/// 1,000 nodes do not fit this machine (see the bench's docs): figures for it are computed.
 ///
 /// - `reprovide_interval` = 12 h, `record_ttl` = 36 h. Background traffic per node (sent +
 ///   received) is 2 x (bytes per publication) x (keys) / interval + idle upkeep. At the measured
-///   100-node cost, 5,000 keys every 12 h: 2 x 88.0 KiB x 5,000 / 43,200 s = 20.9 KB/s, plus
-///   7.7 KB/s idle = 28.6 KB/s; at 121 nodes 23.4 + 12.6 (5-min average) = 36.0 KB/s; under
-///   the 50 KB/s budget (6 h would be ~59 KB/s at 121 nodes; the old
-///   10 min ~1.5 MB/s). Kad's walk grows with log N, so 300-1,000 nodes cost somewhat more per
-///   publication; the idle part grows with the connection count (below), which is what breaks
-///   the budget at 1,000 nodes, not re-publication. `benches/p2p.rs` fails when this estimate
-///   passes 50 KB/s. A long interval is safe because records only guard *findability*: a new key is
+///   300-node cost, 5,000 keys every 12 h: 2 x 109.6 KiB x 5,000 / 43,200 s = 26.0 KB/s, plus
+///   11.4 KB/s idle and ~2-3 KB/s of kad's routing refresh = ~40 KB/s, under the 50 KB/s
+///   budget (100 nodes: 28.6 KB/s; 6 h would be ~66 KB/s at 300 nodes; the old 10 min ~1.5
+///   MB/s). Kad's walk grows with log N (54 → 66 requests from 100 to 300 nodes); at 1,000
+///   nodes ~75 requests, ~125 KiB, ~30 KB/s computed, plus pings on up to 999 connections
+///   (~31 B/s each at a 10 s `ping_interval`, 31 KB/s if every one stays open): ~63 KB/s, over
+///   the budget there unless idle connections close (`kept_connections`). `benches/p2p.rs`
+///   fails when this estimate passes 50 KB/s. A long interval is safe because records only guard *findability*: a new key is
 ///   published at once (not at the next round), and providers are only returned over a live
 ///   connection (see the crate docs), so a departed node is never yielded whatever the TTL. What
 ///   re-publication repairs is record loss: a key's 20 storing nodes all leaving, nodes that
