@@ -82,6 +82,8 @@ struct Run {
     idle: Duration,
     /// Re-publication traffic of the sizing case, KB/s per node (from the publication round).
     republish_kbs: f64,
+    /// Whether latencies over their targets fail the run (not in the debug-build CI check).
+    latency_targets: bool,
 }
 
 impl Run {
@@ -292,7 +294,7 @@ impl Run {
                 "| {what:<13} | {name:<20} | {:>7} | {p50:>8.1} | {p99:>8.1} | {max:>8.1} | {cores:>5.2} | {lag:>6.1} |",
                 v.len()
             );
-            if let Some(t) = target.filter(|t| p99 > *t) {
+            if let Some(t) = target.filter(|t| p99 > *t && self.latency_targets) {
                 self.failures
                     .push(format!("{what}: {name} p99 {p99:.1} ms over {t} ms"));
             }
@@ -329,7 +331,7 @@ async fn run(
     churn: usize,
     batch: usize,
     idle_window: Duration,
-    processes: usize,
+    (processes, latency_targets): (usize, bool),
 ) -> Vec<String> {
     let seed = 0x5eed_1234_abcd_9876;
     let catalogue = (n * keys / 25).max(50);
@@ -347,6 +349,7 @@ async fn run(
         tag: (1 << 40) | n as u64,
         idle: idle_window,
         republish_kbs: 0.0,
+        latency_targets,
     };
     let distinct = holders(r.cluster.members.iter().map(|m| &m.keys)).len();
     println!(
@@ -551,7 +554,10 @@ fn main() {
         let seed = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);
         return worker::serve(seed);
     }
-    // `cargo bench` passes --bench; `cargo test --benches` runs this too: keep that quick.
+    // `cargo bench` passes --bench. `cargo test` runs this too (`test = true` in Cargo.toml):
+    // the CI check, 100 nodes with a few keys each, every key found, steady and after churn
+    // (about 75 s in a debug build here); its latencies are printed but not held to the
+    // targets, which a debug build of 100 nodes on 2 cores misses (absent key p99 ~25 ms).
     let quick = !std::env::args().any(|a| a == "--bench");
     // Workers inherit the limit.
     let fd = measure::raise_fd_limit(1 << 20);
@@ -560,7 +566,7 @@ fn main() {
         .build()
         .unwrap();
     let (nodes, keys, churn, batch, idle) = if quick {
-        (vec![6], 20, 34, 3, Duration::from_secs(1))
+        (vec![100], 5, 10, 10, Duration::from_secs(1))
     } else {
         (
             env_list("SHOAL_BENCH_NODES", "20,50"),
@@ -588,7 +594,7 @@ fn main() {
             Ok(p) => p.parse().expect("SHOAL_BENCH_PROCESSES: a number"),
             Err(_) => n.div_ceil(measure::nodes_per_process(n, fd)),
         };
-        let f = rt.block_on(run(n, keys, churn, batch, idle, processes));
+        let f = rt.block_on(run(n, keys, churn, batch, idle, (processes, !quick)));
         failed.extend(f.into_iter().map(|e| format!("{n} nodes: {e}")));
     }
     if !failed.is_empty() {
