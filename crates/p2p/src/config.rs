@@ -30,18 +30,20 @@ pub const DEFAULT_P2P_PORT: u16 = 5001;
 /// connection set-up included) 88.0 KiB and 54 Kademlia requests (20 of them `ADD_PROVIDER`)
 /// at 100 nodes, 94.5-102.4 KiB and 57-59 requests at 121, 109.6 KiB and 66.3 requests at 300
 /// (nodes in worker processes). An idle node at 300 nodes, connected to all 299 others, pinging
-/// every 10 s, exchanged 11.1 KiB/s; RSS 17.6 MiB per node at 300 (10.3-17.2 at 100-121).
+/// every 10 s, exchanged 11.1 KiB/s between routing refreshes and 17.2 KiB/s averaged over 5
+/// min; RSS 17.6-19.4 MiB per node at 300 (10.3-17.2 at 100-121).
 /// 1,000 nodes do not fit this machine (see the bench's docs): figures for it are computed.
 ///
 /// - `reprovide_interval` = 12 h, `record_ttl` = 36 h. Background traffic per node (sent +
 ///   received) is 2 x (bytes per publication) x (keys) / interval + idle upkeep. At the measured
 ///   300-node cost, 5,000 keys every 12 h: 2 x 109.6 KiB x 5,000 / 43,200 s = 26.0 KB/s, plus
-///   11.4 KB/s idle and ~2-3 KB/s of kad's routing refresh = ~40 KB/s, under the 50 KB/s
-///   budget (100 nodes: 28.6 KB/s; 6 h would be ~66 KB/s at 300 nodes; the old 10 min ~1.5
-///   MB/s). Kad's walk grows with log N (54 → 66 requests from 100 to 300 nodes); at 1,000
-///   nodes ~75 requests, ~125 KiB, ~30 KB/s computed, plus pings on up to 999 connections
-///   (~31 B/s each at a 10 s `ping_interval`, 31 KB/s if every one stays open): ~63 KB/s, over
-///   the budget there unless idle connections close (`kept_connections`). `benches/p2p.rs`
+///   17.6 KB/s idle averaged over 5 min (pings ~11.4, kad's 5-minute routing refresh the rest)
+///   = 43.6 KB/s, under the 50 KB/s budget (100 nodes: 28.6 KB/s; 6 h would be ~70 KB/s at
+///   300 nodes; the old 10 min ~1.5 MB/s). Kad's walk grows with log N (54 → 66 requests from
+///   100 to 300 nodes); at 1,000 nodes ~75 requests, ~125 KiB, ~30 KB/s computed, plus pings
+///   on up to 999 connections (~31 B/s each at a 10 s `ping_interval`, 31 KB/s if every one
+///   stays open) and the refresh: ~68 KB/s, over the budget there unless idle connections
+///   close (`kept_connections`). `benches/p2p.rs`
 ///   fails when this estimate passes 50 KB/s. A long interval is safe because records only guard *findability*: a new key is
 ///   published at once (not at the next round), and providers are only returned over a live
 ///   connection (see the crate docs), so a departed node is never yielded whatever the TTL. What
