@@ -19,8 +19,8 @@
 //! latency figures (see `worker::ping_override`).
 //!
 //! Exits non-zero if any lookup of a key held by a live node found nobody, or a target is
-//! missed (absent-key p99 <= 20 ms, provide -> findable p99 <= 1 s). Loopback only (127.10/16,
-//! port 5001); every loop is bounded in count and time.
+//! missed (absent-key p99 <= 20 ms, provide -> findable p99 <= 1 s). Loopback only (127.N.x.y,
+//! N from the pid, port 5001); every loop is bounded in count and time.
 //!
 //! # Why this is faithful, and where it is not
 //! Each node is the real `shoal_p2p` node (own swarm task, own TCP listener on its own IP,

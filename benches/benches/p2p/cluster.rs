@@ -27,9 +27,12 @@ pub struct Cluster {
     root: tempfile::TempDir,
 }
 
-/// Node `i`'s address: its own loopback IP, the default port.
+/// Node `i`'s address: its own loopback IP, the default port. The second octet comes from the
+/// coordinator's pid (`127.10-209.x.y`), so two runs on one machine (say `cargo test` in two
+/// checkouts) do not fight over the same addresses.
 pub fn addr_of(i: usize) -> SocketAddr {
-    let ip = Ipv4Addr::new(127, 10, (i / 250) as u8, (i % 250 + 1) as u8);
+    let run = 10 + (std::process::id() % 200) as u8;
+    let ip = Ipv4Addr::new(127, run, (i / 250) as u8, (i % 250 + 1) as u8);
     SocketAddr::new(IpAddr::V4(ip), PORT)
 }
 
