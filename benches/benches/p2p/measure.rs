@@ -17,7 +17,7 @@ pub fn quantiles(v: &mut [Duration]) -> (f64, f64, f64) {
 }
 
 /// CPU time (user + system) process `pid` used so far; `None` when `/proc` cannot be read.
-pub fn cpu_time(pid: u32) -> Option<Duration> {
+fn cpu_time(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);

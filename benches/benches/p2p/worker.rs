@@ -337,18 +337,14 @@ async fn handle(req: &Value, dns: &Arc<Dns>, nodes: &Nodes, lag: &Lag) -> Result
             dns.set(addr(req)?, req["live"].as_bool().unwrap_or(false));
             Ok(json!({}))
         }
-        "provide" => {
-            node(nodes, req)?
-                .provide(keys(req)?)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(json!({}))
-        }
-        "withdraw" => {
-            node(nodes, req)?
-                .withdraw(keys(req)?)
-                .await
-                .map_err(|e| e.to_string())?;
+        op @ ("provide" | "withdraw") => {
+            let (h, keys) = (node(nodes, req)?, keys(req)?);
+            let done = if op == "provide" {
+                h.provide(keys).await
+            } else {
+                h.withdraw(keys).await
+            };
+            done.map_err(|e| e.to_string())?;
             Ok(json!({}))
         }
         "lookup" => {
