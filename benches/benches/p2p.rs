@@ -134,15 +134,26 @@ impl Run {
     }
 
     /// Connections per live node (mean, max) and the process's open descriptors.
-    async fn connections(&self) -> (f64, usize, usize) {
+    /// Connections per node (mean, max), open files of all workers, and stored provider keys
+    /// per node (mean, max).
+    async fn connections(&self) -> (f64, usize, usize, f64, usize) {
         let live = self.cluster.live();
-        let mut counts = Vec::new();
+        let (mut counts, mut stored) = (Vec::new(), Vec::new());
         for &i in &live {
-            counts.push(self.node(i).status().await.peers);
+            let st = self.node(i).status().await;
+            counts.push(st.peers);
+            stored.push(st.stored_keys);
         }
         let fds = measure::open_files(&self.cluster.pids());
-        let mean = counts.iter().sum::<usize>() as f64 / counts.len().max(1) as f64;
-        (mean, counts.into_iter().max().unwrap_or(0), fds)
+        let mean = |v: &[usize]| v.iter().sum::<usize>() as f64 / v.len().max(1) as f64;
+        let max = |v: &[usize]| v.iter().copied().max().unwrap_or(0);
+        (
+            mean(&counts),
+            max(&counts),
+            fds,
+            mean(&stored),
+            max(&stored),
+        )
     }
 
     /// Every key held by a live node from some live node, and some from every live node.
@@ -420,9 +431,10 @@ async fn run(
         sizing / 1000.0
     );
     r.round = ((round.bytes_sent + round.bytes_received) as f64, secs, pubs);
-    let (mean, max, fds) = r.connections().await;
+    let (mean, max, fds, stored, stored_max) = r.connections().await;
     println!(
-        "  connections per node after publication: mean {mean:.0}, max {max}; process open files {fds}"
+        "  connections per node after publication: mean {mean:.0}, max {max}; process open files \
+         {fds}; provider keys stored per node: mean {stored:.0}, max {stored_max}"
     );
     let rss = (rss_mib(&r.cluster.pids()) - rss0) / n as f64;
 

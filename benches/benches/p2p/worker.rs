@@ -81,6 +81,7 @@ pub struct Stat {
     pub routing_table_size: usize,
     pub pending_publications: usize,
     pub peers: usize,
+    pub stored_keys: usize,
     pub traffic: Traffic,
 }
 
@@ -195,6 +196,7 @@ impl Link {
             routing_table_size: n("routing_table_size") as usize,
             pending_publications: n("pending_publications") as usize,
             peers: n("peers") as usize,
+            stored_keys: n("stored_keys") as usize,
             traffic: Traffic {
                 bytes_received: n("bytes_received"),
                 bytes_sent: n("bytes_sent"),
@@ -372,6 +374,7 @@ async fn handle(req: &Value, dns: &Arc<Dns>, nodes: &Nodes, lag: &Lag) -> Result
                 "routing_table_size": s.routing_table_size,
                 "pending_publications": s.pending_publications,
                 "peers": s.peers.len(),
+                "stored_keys": s.stored_keys,
                 "bytes_received": s.traffic.bytes_received,
                 "bytes_sent": s.traffic.bytes_sent,
                 "kad_requests_received": s.traffic.kad_requests_received,

@@ -51,6 +51,8 @@ pub struct Status {
     pub peers: Vec<PeerInfo>,
     pub routing_table_size: usize,
     pub provided_keys: usize,
+    /// Keys this node stores provider records for (its own and other nodes').
+    pub stored_keys: usize,
     /// Publications not finished: waiting for a free slot or in flight (new keys and
     /// re-publications).
     pub pending_publications: usize,

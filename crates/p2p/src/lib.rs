@@ -34,6 +34,7 @@ mod psk;
 mod publish;
 mod records;
 mod resolver;
+mod store;
 mod traffic;
 mod transport;
 

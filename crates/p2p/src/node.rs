@@ -45,6 +45,8 @@ impl PeerState {
 
 /// How often the kept connection set follows the routing table.
 const KEEP_REFRESH: Duration = Duration::from_secs(1);
+/// How often expired provider records are dropped (a scan of the store: ~1 ms per 30,000 keys).
+const STORE_SWEEP: Duration = Duration::from_secs(60);
 
 pub(crate) struct Node {
     pub swarm: Swarm<Behaviour>,
@@ -166,6 +168,8 @@ impl Node {
             tokio::time::interval_at(start + self.cfg.dns_refresh, self.cfg.dns_refresh);
         let mut keep = tokio::time::interval(KEEP_REFRESH);
         keep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep = tokio::time::interval_at(start + STORE_SWEEP, STORE_SWEEP);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 cmd = self.commands.recv() => match cmd {
@@ -181,6 +185,7 @@ impl Node {
                 _ = reprovide.tick() => self.republish_round(),
                 _ = redial.tick() => self.redial_static(),
                 _ = keep.tick() => self.refresh_kept(),
+                _ = sweep.tick() => self.sweep_records(),
             }
             self.pump_publications();
         }
@@ -398,6 +403,7 @@ impl Node {
             peers,
             routing_table_size,
             provided_keys: self.publish.provided_len(),
+            stored_keys: self.swarm.behaviour_mut().kad.store_mut().keys(),
             pending_publications: self.publish.pending_len(),
             traffic: self.traffic.snapshot(),
         }

@@ -19,12 +19,14 @@
 //! not, until their records expire; here the least recently published one makes room instead.
 //! Live providers re-publish every `reprovide_interval`, so the list converges on live nodes.
 
+use std::time::Instant;
+
 use libp2p::kad::ProviderRecord;
 use libp2p::kad::store::RecordStore;
 use libp2p::{Multiaddr, PeerId};
 
 use crate::node::{Node, socket_addr, socket_multiaddr};
-use crate::transport::MAX_PROVIDERS_PER_KEY;
+use crate::store::MAX_PROVIDERS_PER_KEY;
 
 /// Most addresses stored per provider record.
 const MAX_RECORD_ADDRS: usize = 4;
@@ -55,6 +57,20 @@ impl Node {
         }
         if let Err(e) = store.add_provider(record) {
             tracing::debug!(error = %e, "provider record not stored");
+        }
+    }
+
+    /// Drops expired provider records (kad itself drops them only when their key is asked for,
+    /// so records of departed nodes for keys nobody asks for would stay).
+    pub(crate) fn sweep_records(&mut self) {
+        let gone = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .sweep(Instant::now());
+        if gone > 0 {
+            tracing::debug!(records = gone, "expired provider records dropped");
         }
     }
 

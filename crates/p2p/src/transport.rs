@@ -10,12 +10,12 @@ use libp2p::core::transport::{Boxed, Transport};
 use libp2p::core::upgrade;
 use libp2p::futures::{AsyncRead, AsyncWrite};
 use libp2p::identity::Keypair;
-use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{PeerId, StreamProtocol, identify, kad, mdns, noise, ping, tcp, yamux};
 
+use crate::store::Store;
 use crate::traffic::{Counted, Counters};
 use crate::{Config, Error};
 
@@ -30,12 +30,10 @@ const MIRROR_PORT_TAG: &str = "mirror-port/";
 /// lookup bound, once used for both) a walk slowed by one unresponsive peer among the closest
 /// (kad waits 10 s for it) or by a busy node lost the publication until the next round.
 pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(60);
-/// Providers stored per key (kad's k): a lookup needs one live one.
-pub(crate) const MAX_PROVIDERS_PER_KEY: usize = 20;
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
-    pub kad: kad::Behaviour<MemoryStore>,
+    pub kad: kad::Behaviour<Store>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub keep: crate::keep::Behaviour,
@@ -112,15 +110,7 @@ pub(crate) fn build_behaviour(
     mdns_on: bool,
 ) -> Result<Behaviour, Error> {
     let peer_id = keypair.public().to_peer_id();
-    let store = MemoryStore::with_config(
-        peer_id,
-        MemoryStoreConfig {
-            max_records: 1024,
-            max_value_bytes: 64 * 1024,
-            max_providers_per_key: MAX_PROVIDERS_PER_KEY,
-            max_provided_keys: cfg.max_stored_keys,
-        },
-    );
+    let store = Store::new(peer_id, cfg.max_stored_keys);
     let mut kcfg = kad::Config::new(KAD_PROTOCOL);
     kcfg.set_query_timeout(PUBLISH_TIMEOUT.max(cfg.query_timeout))
         .set_parallelism(NonZeroUsize::new(cfg.parallelism).unwrap_or(kad::ALPHA_VALUE))
