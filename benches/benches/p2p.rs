@@ -19,8 +19,9 @@
 //! latency figures (see `worker::ping_override`).
 //!
 //! Exits non-zero if any lookup of a key held by a live node found nobody, or a target is
-//! missed (absent-key p99 <= 20 ms, provide -> findable p99 <= 1 s). Loopback only (127.N.x.y,
-//! N from the pid, port 5001); every loop is bounded in count and time.
+//! missed (absent-key p99 <= 20 ms, provide -> findable p99 <= 1 s, RSS per node <= 30 MB).
+//! Loopback only (127.N.x.y, N from the pid, port 5001); every loop is bounded in count and
+//! time.
 //!
 //! # Why this is faithful, and where it is not
 //! Each node is the real `shoal_p2p` node (own swarm task, own TCP listener on its own IP,
@@ -62,6 +63,8 @@ const PER_NODE_LOOKUPS: usize = 5;
 const CHECK_CONCURRENCY: usize = 4;
 /// Keys per node of the sizing case (`Config` docs), for the background-traffic figure.
 const SIZING_KEYS: usize = 5_000;
+/// RSS target per node, MB.
+const RSS_BUDGET_MB: f64 = 30.0;
 /// Background traffic target per node, KB/s (sent + received).
 const BACKGROUND_BUDGET: f64 = 50.0;
 
@@ -450,6 +453,12 @@ async fn run(
     println!(
         "\n  RSS per node after publication: {rss:.1} MiB (process total minus the harness before start, / N)"
     );
+    if rss * 1.048_576 > RSS_BUDGET_MB {
+        r.failures.push(format!(
+            "RSS per node {:.1} MB over {RSS_BUDGET_MB} MB",
+            rss * 1.048_576
+        ));
+    }
 
     // Churn: some nodes restart with their identity, as many leave for good and new ones join.
     let live = r.cluster.live();

@@ -64,7 +64,12 @@ pub const DEFAULT_P2P_PORT: u16 = 5001;
 /// - `max_provided_keys` = 100,000 (own keys) and `max_stored_keys` = 500,000 (keys whose
 ///   provider lists this node stores, its own included). Even if all 5 M pairs had distinct keys,
 ///   a node stores ~5 M x 20 / 1,000 = 100 k keys; x5 headroom for uneven key distribution.
-///   At ~200 bytes per record that is at most ~100 MB, reached only in that worst case.
+///   Measured (the bench at 30 nodes x 5,000 keys, image-shaped key sets, docs/benchmarks.md
+///   "Provider records at 5,000 keys per node"): ~43,000 keys stored per node cost 7.1 MiB
+///   (14.6 MiB per node against 7.5 with 100 keys), ~175 bytes per stored key with its
+///   records (`store`; kad's own `MemoryStore` took 201 MiB per node there, ~5 KB per key). At
+///   300 nodes x 5,000 keys a node stores ~31,000 keys (computed from the same key sets): ~5
+///   MiB over the 19.4 MiB measured at 300 nodes, ~25 MiB. The bound itself is ~85 MiB.
 /// - `query_timeout` = 5 s: a lookup that has not finished by then will not help a pull, which
 ///   falls back to upstream long before (the mirror waits ~20 ms for a first provider).
 /// - `dns_refresh` = 30 s: new DaemonSet pods appear in the headless Service within seconds;
