@@ -253,6 +253,7 @@ impl Admin for AdminService {
             peers: st.peers.iter().map(|p| peer_of(p, now)).collect(),
             advertised_keys: s.advertised.len() as u64,
             provided_keys: st.provided_keys as u64,
+            stored_keys: st.stored_keys as u64,
             routing_table_size: st.routing_table_size as u64,
             pending_publications: st.pending_publications as u64,
             allowlist,

@@ -69,6 +69,10 @@ pub fn text(s: &StatusResponse, colour: bool) -> String {
             s.advertised_keys, s.provided_keys, s.pending_publications, s.routing_table_size
         ),
     );
+    kv(
+        "dht store",
+        format!("provider records for {} keys", s.stored_keys),
+    );
     out.push_str(&format!("\nPEERS ({})\n", s.peers.len()));
     out.push_str(&peers_table(&s.peers));
     out.push_str(&format!("\nLAST ERRORS ({})\n", s.last_errors.len()));
@@ -149,6 +153,7 @@ mod tests {
             }],
             advertised_keys: 7,
             provided_keys: 7,
+            stored_keys: 42,
             routing_table_size: 1,
             pending_publications: 0,
             allowlist: vec!["docker.io".into()],
@@ -174,6 +179,7 @@ mod tests {
             "ready_reason",
             "peers",
             "advertised_keys",
+            "stored_keys",
             "last_errors",
             "allowlist",
         ] {
@@ -198,6 +204,7 @@ mod tests {
             "uptime:      3m4s",
             "connected, containerd 1.6.20~ds1",
             "advertised:  7 keys",
+            "dht store:   provider records for 42 keys",
             "PEERS (1)",
             "12D3KooWB  /ip4/10.0.0.3/tcp/5001  10.0.0.3:5000  1m0s       0.42ms",
             "LAST ERRORS (1)",
