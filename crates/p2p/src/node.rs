@@ -45,7 +45,7 @@ impl PeerState {
 
 /// How often the kept connection set follows the routing table.
 const KEEP_REFRESH: Duration = Duration::from_secs(1);
-/// How often expired provider records are dropped (a scan of the store: ~1 ms per 30,000 keys).
+/// How often expired provider records are dropped (one scan of every stored key).
 const STORE_SWEEP: Duration = Duration::from_secs(60);
 
 pub(crate) struct Node {
