@@ -136,7 +136,6 @@ impl Run {
         }
     }
 
-    /// Connections per live node (mean, max) and the process's open descriptors.
     /// Connections per node (mean, max), open files of all workers, and stored provider keys
     /// per node (mean, max).
     async fn connections(&self) -> (f64, usize, usize, f64, usize) {
